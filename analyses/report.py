@@ -1,0 +1,232 @@
+"""One self-contained HTML report (and optionally a PDF) for one run or many.
+
+For every run: its status, dataset and config, then each analysis that applies: its text table
+and all its figures. With several runs a comparison section follows. Figures are rendered with
+matplotlib's Agg canvas and embedded as base64 PNGs, so the HTML is one file that can be mailed
+or archived; the PDF holds the same tables (as text pages) and figures, via matplotlib's
+PdfPages, so it needs no extra dependency. Sections are rendered as they are produced and each
+figure is dropped once written, so memory does not grow with the number of runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import sys
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from . import COMPARE, applicable, figures, open_tree
+from .smoothing import AnalysisError, flat_config, now_iso, run_name, run_source
+
+#: show a progress bar from this many runs on (and only on a terminal)
+PROGRESS_MIN_RUNS = 3
+#: text lines per PDF page (A4 portrait, 7 pt monospace) and characters per line
+PDF_LINES = 90
+PDF_COLUMNS = 110
+PNG_DPI = 100
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #aaa; margin-top: 2em; }
+table.kv { border-collapse: collapse; font-size: 0.9em; }
+table.kv td, table.kv th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
+table.kv th { background: #eee; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; }
+figcaption { font-size: 0.85em; color: #555; }
+.status-completed { color: #070; } .status-diverged, .status-failed { color: #b00; }
+.error { color: #b00; }
+"""
+
+
+class _Writer:
+    """Builds the HTML page and, when asked, the PDF, block by block."""
+
+    def __init__(self, pdf_path: Path | None):
+        self.parts: list[str] = []
+        self.pdf = PdfPages(pdf_path) if pdf_path is not None else None
+        self.text: list[str] = []  # text waiting for the next PDF text page
+        self.n_figures = 0
+
+    # -- blocks -------------------------------------------------------------------------------
+    def heading(self, level: int, text: str, anchor: str = "") -> None:
+        ident = f' id="{html.escape(anchor)}"' if anchor else ""
+        self.parts.append(f"<h{level}{ident}>{html.escape(text)}</h{level}>")
+        self._pdf_text(["", text, "=" * min(len(text), PDF_COLUMNS) if level <= 2 else ""])
+
+    def paragraph(self, text: str, css: str = "") -> None:
+        cls = f' class="{css}"' if css else ""
+        self.parts.append(f"<p{cls}>{html.escape(text)}</p>")
+        self._pdf_text(textwrap.wrap(text, PDF_COLUMNS) or [""])
+
+    def raw(self, markup: str, text: str) -> None:
+        """Prepared HTML, with its plain-text rendering for the PDF."""
+        self.parts.append(markup)
+        self._pdf_text(text.splitlines())
+
+    def key_values(self, rows: list[tuple[str, Any]], head: tuple[str, str]) -> None:
+        cells = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        self.parts.append(
+            f'<table class="kv"><tr><th>{html.escape(head[0])}</th>'
+            f"<th>{html.escape(head[1])}</th></tr>{cells}</table>"
+        )
+        width = max((len(str(k)) for k, _ in rows), default=0)
+        self._pdf_text([f"  {str(k).ljust(width)}  {v}" for k, v in rows])
+
+    def preformatted(self, text: str) -> None:
+        self.parts.append(f"<pre>{html.escape(text)}</pre>")
+        self._pdf_text(text.splitlines())
+
+    def figure(self, fig: Figure, caption: str) -> None:
+        buf = io.BytesIO()
+        FigureCanvasAgg(fig)  # attach the Agg canvas: savefig renders with it
+        fig.savefig(buf, format="png", dpi=PNG_DPI)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        self.parts.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        self.n_figures += 1
+        if self.pdf is not None:
+            self._flush_text()
+            fig.text(0.01, 0.005, caption, fontsize=6, color="0.4")
+            self.pdf.savefig(fig)
+
+    # -- PDF text pages -----------------------------------------------------------------------
+    def _pdf_text(self, lines: list[str]) -> None:
+        if self.pdf is None:
+            return
+        for line in lines:
+            self.text.extend(textwrap.wrap(line, PDF_COLUMNS, subsequent_indent="    ") or [""])
+
+    def _flush_text(self) -> None:
+        lines, self.text = self.text, []
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        for start in range(0, len(lines), PDF_LINES):
+            page = Figure(figsize=(8.27, 11.69))  # A4 portrait
+            page.text(
+                0.05,
+                0.97,
+                "\n".join(lines[start : start + PDF_LINES]),
+                va="top",
+                family="monospace",
+                fontsize=7,
+            )
+            self.pdf.savefig(page)
+
+    def close(self) -> None:
+        if self.pdf is not None:
+            self._flush_text()
+            self.pdf.close()
+
+    def page(self, title: str) -> str:
+        body = "\n".join(self.parts)
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+            f"<body>\n{body}\n</body></html>\n"
+        )
+
+
+def _config_rows(tree: xr.DataTree) -> list[tuple[str, Any]]:
+    return sorted(flat_config(tree).items())
+
+
+def _dataset_rows(tree: xr.DataTree) -> list[tuple[str, Any]]:
+    info = tree.attrs.get("dataset")
+    return sorted(info.items()) if isinstance(info, dict) else []
+
+
+def _run_section(out: _Writer, tree: xr.DataTree, index: int) -> None:
+    name = run_name(tree, default=f"run {index + 1}")
+    out.heading(2, name, anchor=f"run-{index + 1}")
+    attrs = tree.attrs
+    status = str(attrs.get("status", "unknown"))
+    message = str(attrs.get("message", "") or "")
+    out.raw(
+        f'<p>status: <b class="status-{html.escape(status)}">{html.escape(status)}</b>'
+        + (f" — {html.escape(message)}" if message else "")
+        + f"<br>store: {html.escape(run_source(tree) or '(in memory)')}"
+        + f"<br>created {html.escape(str(attrs.get('created', '?')))} with dynalign "
+        + f"{html.escape(str(attrs.get('dynalign_version', '?')))}, torch "
+        + f"{html.escape(str(attrs.get('torch_version', '?')))}</p>",
+        f"status: {status}"
+        + (f" — {message}" if message else "")
+        + f"\nstore: {run_source(tree) or '(in memory)'}",
+    )
+    if _dataset_rows(tree):
+        out.heading(3, "Dataset")
+        out.key_values(_dataset_rows(tree), ("field", "value"))
+    out.heading(3, "Configuration")
+    out.key_values(_config_rows(tree), ("key", "value"))
+    modules = applicable(tree)
+    if not modules:
+        out.paragraph("No analysis applies to this run.")
+    for module in modules:
+        _analysis_section(out, module, lambda m=module: m.analyze(tree), name)
+
+
+def _analysis_section(out: _Writer, module: ModuleType, run: Any, label: str) -> None:
+    """One analysis: its table and figures, or the reason it could not run."""
+    out.heading(3, f"{module.NAME}")
+    try:
+        result = run()
+    except AnalysisError as err:
+        out.paragraph(f"{module.NAME} could not analyse this: {err}", css="error")
+        return
+    out.preformatted(module.table(result))
+    for plot_name, fig in figures(module, result):
+        out.figure(fig, f"{label}: {module.NAME} — {plot_name.removeprefix('plot_')}")
+
+
+def write_report(
+    trees_or_paths: Iterable[xr.DataTree | str | Path],
+    out_html: str | Path,
+    pdf: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the report to ``out_html`` (and ``<same name>.pdf`` beside it when ``pdf``).
+
+    Paths are opened with ``dynalign.store.open_run`` (a StoreError names a bad one). Returns
+    the HTML path.
+    """
+    runs = list(trees_or_paths)
+    if not runs:
+        raise AnalysisError("no runs to report on; pass one or more run stores")
+    out_html = Path(out_html)
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise AnalysisError(f"{out_html} should end in .html; the report is one HTML page")
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out = _Writer(out_html.with_suffix(".pdf") if pdf else None)
+    title = "dynalign report"
+    try:
+        out.heading(1, title)
+        out.paragraph(f"{len(runs)} run{'s' if len(runs) != 1 else ''}; generated {now_iso()}")
+        show = progress and len(runs) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
+        trees = []
+        for i, run in enumerate(tqdm(runs, desc="report", unit="run", disable=not show)):
+            tree = open_tree(run)
+            trees.append(tree)
+            _run_section(out, tree, i)
+        if len(trees) > 1:
+            out.heading(2, "Comparison", anchor="compare")
+            _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")
+    finally:
+        out.close()
+    out_html.write_text(out.page(title), encoding="utf-8")
+    return out_html

@@ -1,0 +1,94 @@
+"""2-D convolution as a feedback layer: the error goes down through B, the update stays local.
+
+The forward pass is an ordinary convolution with W. In the backward pass the error reaching
+the input is the transposed convolution of the output error with B (``conv2d_input`` with B in
+place of W), while the weight gradient is the local correlation of the output error with the
+layer's own input, the same for every rule. With ``feedback is None`` (BP) or inside
+``exact_gradients()`` the error goes through W, which is the true gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .feedback import FeedbackLayer, backward_matrix
+
+
+class _Conv2dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, stride, padding):
+        ctx.save_for_backward(x, weight, feedback)
+        ctx.has_bias = bias is not None
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, feedback = ctx.saved_tensors
+        stride, padding = ctx.stride, ctx.padding
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(
+                x.shape, backward_matrix(weight, feedback), grad_out, stride, padding
+            )
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, stride, padding)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class Conv2d(FeedbackLayer):
+    """``y = W ⋆ x + b`` on (N, C, H, W) inputs, with the error sent down through B (or W)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+    ):
+        super().__init__()
+        for name, value, least in (
+            ("in_channels", in_channels, 1),
+            ("out_channels", out_channels, 1),
+            ("kernel_size", kernel_size, 1),
+            ("stride", stride, 1),
+            ("padding", padding, 0),
+        ):
+            if int(value) != value or value < least:
+                raise ValueError(f"Conv2d {name}={value!r} must be an integer >= {least}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = self.init_bound()
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Conv2d expects input of shape (N, {self.in_channels}, H, W), got "
+                f"{tuple(x.shape)}; reshape the batch to (N, C, H, W)"
+            )
+        if self.feedback is None and not torch.is_grad_enabled():
+            out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+            return self._capture(out)
+        out = _Conv2dFn.apply(x, self.weight, self.bias, self.feedback, self.stride, self.padding)
+        return self._capture(out)
+
+    def extra_repr(self) -> str:
+        rule = "bp" if self.feedback is None else "feedback"
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, backward={rule}"
+        )

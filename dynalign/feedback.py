@@ -1,0 +1,125 @@
+"""Feedback layers: the forward pass uses W, the backward pass sends the error through B.
+
+A feedback layer keeps its forward weight ``weight`` (W) and, for rules that need one, a
+feedback tensor ``feedback`` (B, same shape as W, a buffer the optimiser never sees). Its
+weight gradient is always the local ``δᵀx``; only the error passed to the layer below differs
+between rules. With ``feedback is None`` the layer propagates through W, which is exact
+backpropagation.
+
+``exact_gradients()`` switches every feedback layer to propagate through W, so that the same
+graph, built by one forward pass, can be differentiated once under the rule and once under BP.
+The switch is a process-wide counter rather than a thread-local flag: on CUDA the autograd
+engine runs backward functions on its own device threads, which would not see a thread-local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_EXACT = 0
+
+
+@contextlib.contextmanager
+def exact_gradients():
+    """Within this block every feedback layer backpropagates through W (true gradients)."""
+    global _EXACT
+    _EXACT += 1
+    try:
+        yield
+    finally:
+        _EXACT -= 1
+
+
+def exact_mode() -> bool:
+    return _EXACT > 0
+
+
+def backward_matrix(weight: torch.Tensor, feedback: torch.Tensor | None) -> torch.Tensor:
+    """The tensor that carries the error downwards now: W under BP or exact mode, else B."""
+    return weight if feedback is None or exact_mode() else feedback
+
+
+class _LinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback):
+        ctx.save_for_backward(x, weight, feedback)
+        ctx.has_bias = bias is not None
+        out = x @ weight.t()
+        return out + bias if bias is not None else out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, feedback = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ backward_matrix(weight, feedback)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+class FeedbackLayer(nn.Module):
+    """Base of every layer whose backward pass a learning rule controls.
+
+    Subclasses define ``weight`` (a Parameter) and call ``self._capture(out)`` on their
+    pre-activation output so that probes can compare the error signal arriving there under
+    the rule and under BP (the delta angle).
+    """
+
+    feedback: torch.Tensor | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("feedback", None)
+        self.capturing = False
+        self.captured: list[torch.Tensor] = []
+
+    def fan_in(self) -> int:
+        return self.weight[0].numel()
+
+    def init_bound(self) -> float:
+        """Half-width of the uniform distribution the forward weights were drawn from."""
+        return 1.0 / math.sqrt(self.fan_in())
+
+    def _capture(self, out: torch.Tensor) -> torch.Tensor:
+        if self.capturing:
+            self.captured.append(out)
+        return out
+
+
+class Linear(FeedbackLayer):
+    """``y = x Wᵀ + b`` with the error sent down through B (or W under BP)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = self.init_bound()
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.feedback is None and not torch.is_grad_enabled():
+            return self._capture(F.linear(x, self.weight, self.bias))
+        return self._capture(_LinearFn.apply(x, self.weight, self.bias, self.feedback))
+
+    def extra_repr(self) -> str:
+        rule = "bp" if self.feedback is None else "feedback"
+        return f"{self.in_features}, {self.out_features}, backward={rule}"
+
+
+def feedback_layers(model: nn.Module) -> dict[str, FeedbackLayer]:
+    """Every feedback layer of a model by its module path (``fc1``, ``rnn.H``, ...)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, FeedbackLayer)}

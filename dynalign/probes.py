@@ -1,0 +1,115 @@
+"""Per-layer probes: what the rule's update looks like next to the true gradient.
+
+Each probe declares the variables it writes (name, units, meaning) and computes them for every
+layer from a ``StepContext`` the trainer fills on probe steps. All values of a step are computed
+as tensors on the run's device and moved to the host once, so probing costs a few elementwise
+passes over the weights and a single transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .store import Variable
+
+
+def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle between two tensors seen as vectors, in degrees; NaN if either is zero.
+
+    Uses 2·atan2(|â − b̂|, |â + b̂|), which is exact for identical inputs (0°) and well
+    conditioned near 0° and 180°, unlike arccos of the cosine.
+    """
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    ua, ub = a / na, b / nb
+    rad = 2 * torch.atan2(torch.linalg.vector_norm(ua - ub), torch.linalg.vector_norm(ua + ub))
+    bad = (na == 0) | (nb == 0)
+    return torch.where(bad, torch.full_like(rad, math.nan), rad * (180 / math.pi))
+
+
+@dataclass
+class StepContext:
+    """What one probe step leaves behind, per layer, in the order of ``names``."""
+
+    names: list[str]
+    weights_before: list[torch.Tensor]
+    weights_after: list[torch.Tensor]
+    feedback: list[torch.Tensor | None]
+    rule_grads: list[torch.Tensor]
+    bp_grads: list[torch.Tensor]
+    rule_deltas: list[torch.Tensor]
+    bp_deltas: list[torch.Tensor]
+    attempted: list[torch.Tensor | int]
+
+
+class Probe:
+    variables: tuple[Variable, ...] = ()
+
+    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
+        """Values of ``variables`` for layer ``i`` (0-d tensors)."""
+        raise NotImplementedError
+
+
+class AngleProbe(Probe):
+    variables = (
+        Variable("update_angle", True, "degree",
+                 "angle between the rule's weight update and the backprop gradient"),
+        Variable("delta_angle", True, "degree",
+                 "angle between the error at the layer's output under the rule and under backprop"),
+        Variable("feedback_angle", True, "degree", "angle between forward weight W and feedback B"),
+    )
+
+    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
+        w = ctx.weights_after[i]
+        b = ctx.feedback[i]
+        return [
+            angle(ctx.rule_grads[i], ctx.bp_grads[i]),
+            angle(ctx.rule_deltas[i], ctx.bp_deltas[i]),
+            angle(w, w if b is None else b),
+        ]
+
+
+class NormProbe(Probe):
+    variables = (
+        Variable("weight_norm", True, "1", "Frobenius norm of W after the step"),
+        Variable("update_norm", True, "1", "Frobenius norm of the change applied to W in the step"),
+    )
+
+    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
+        before, after = ctx.weights_before[i], ctx.weights_after[i]
+        return [torch.linalg.vector_norm(after), torch.linalg.vector_norm(after - before)]
+
+
+class SignProbe(Probe):
+    variables = (
+        Variable("sign_flips", True, "count", "weights whose sign changed in the step"),
+        Variable("attempted_flips", True, "count",
+                 "weights a sign constraint stopped at zero in the step"),
+        Variable("zeroed_fraction", True, "1", "fraction of weights exactly zero after the step"),
+    )
+
+    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
+        before, after = ctx.weights_before[i], ctx.weights_after[i]
+        flips = ((before * after) < 0).sum()
+        attempted = torch.as_tensor(ctx.attempted[i], device=after.device)
+        return [flips, attempted, (after == 0).float().mean()]
+
+
+PROBES: tuple[Probe, ...] = (AngleProbe(), NormProbe(), SignProbe())
+
+
+def probe_variables() -> tuple[Variable, ...]:
+    return tuple(v for p in PROBES for v in p.variables)
+
+
+def run_probes(ctx: StepContext) -> dict[str, list[float]]:
+    """Every probe for every layer: ``{variable: [value per layer]}`` on the host."""
+    names = [v.name for v in probe_variables()]
+    rows = []
+    for i in range(len(ctx.names)):
+        rows.append(torch.stack([v.double() for p in PROBES for v in p.compute(ctx, i)]))
+    table = torch.stack(rows, dim=1).cpu().numpy()  # (variables, layers): one transfer
+    return dict(zip(names, table, strict=True))

@@ -1,0 +1,128 @@
+"""``record(config, out)``: one run from configuration to a finished store.
+
+Everything that can be checked is checked before the store is created (data, model, device,
+output path), so a bad run leaves nothing behind; once the store exists it always ends with a
+status, whatever stops the run: completion, divergence, Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import Config, ConfigError
+from .constraints import make_constraint
+from .data import load
+from .feedback import feedback_layers
+from .models import build
+from .rules import attach_rule, make_rule
+from .store import RunWriter, StoreError
+from .trainer import RunResult, Trainer, seed_everything
+
+
+def check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={device!r} but no CUDA device is available; use cpu")
+        return
+    raise ConfigError(f"train.device={device!r} is not supported; use cpu or cuda")
+
+
+def prepare(config: Config):
+    """Data, model (with its rule and constraint) for a config, on the configured device."""
+    check_device(config.train.device)
+    data = load(config.data, config.train.seed)
+    seed_everything(config.train.seed)
+    init = torch.Generator().manual_seed(config.train.seed + 1)
+    model = build(config, data.input_shape, data.n_classes, init)
+    rule = make_rule(config.rule.name, config.rule.distribution, config.rule.scale)
+    attach_rule(model, rule, init)
+    model.to(config.train.device)
+    constraint = make_constraint(config.constraint, model, init)
+    return data, model, constraint
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into KeyboardInterrupt so a killed run closes its store as ``interrupted``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def record(config: Config, out: str | Path, overwrite: bool = False,
+           progress: bool = True) -> RunResult:
+    """Train as ``config`` says and write the whole trajectory to the store at ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} already exists; choose another --out or pass --overwrite")
+    data, model, constraint = prepare(config)
+    layers = feedback_layers(model)
+    has_feedback = any(layer.feedback is not None for layer in layers.values())
+    attrs = {
+        "dynalign_version": __version__,
+        "torch_version": torch.__version__,
+        "config": config.to_json(),
+        "seed": config.train.seed,
+        "dataset": data.attrs(),
+        "task": data.task,
+        "rule": config.rule.name,
+        "model_kind": config.model.kind,
+    }
+    from .probes import probe_variables
+
+    image_shape = None
+    if hasattr(model, "reconstruct"):
+        image_shape = tuple(data.input_shape[-2:]) if len(data.input_shape) >= 2 else data.input_shape
+    n_probe = min(config.probes.n_probe_inputs, len(data.x_val))
+    writer = RunWriter(out, attrs, {n: tuple(l.weight.shape) for n, l in layers.items()},
+                       has_feedback, tuple(getattr(model, "loss_term_names", ())),
+                       probe_variables(), image_shape=image_shape, n_probe=n_probe,
+                       overwrite=overwrite)
+    _write_static(writer, model, constraint, data, n_probe, image_shape is not None)
+    trainer = Trainer(config, data, model, writer, constraint, progress)
+    try:
+        with sigterm_as_interrupt():
+            result = trainer.run()
+    except BaseException as err:
+        writer.close("failed", f"{type(err).__name__}: {err}")
+        raise
+    final = {k: float(v) for k, v in result.final.items()}
+    writer.close(result.status, result.message, steps=result.steps, epochs=result.epochs,
+                 final=final)
+    return result
+
+
+def _write_static(writer: RunWriter, model, constraint, data, n_probe: int, autoencoder: bool):
+    """Arrays fixed for the whole run: probe inputs, Dale's-law signs, Mixed-ReLU unit signs."""
+    if autoencoder:
+        x = data.x_val[:n_probe].reshape(n_probe, -1).numpy().astype(np.float32)
+        writer.write_static("reconstructions", "input", x, ("probe", "pixel"), "1",
+                            "probe inputs (first validation samples)")
+    if constraint is not None:
+        for name, sign in constraint.signs.items():
+            dims = ("out", "in", "kh", "kw")[: sign.dim()]
+            writer.write_static(f"snapshots/{name}", "sign", sign.cpu().numpy().astype(np.int8),
+                                dims, "1", "fixed sign of each weight (Dale's law)")
+    for name, module in model.named_modules():
+        sign = getattr(module, "sign", None)
+        if isinstance(sign, torch.Tensor) and module is not model and sign.dim() == 1:
+            writer.write_static("units", name, sign.cpu().numpy().astype(np.int8),
+                                (f"{name}_unit",), "1", "fixed sign of each Mixed-ReLU unit")

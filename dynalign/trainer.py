@@ -1,0 +1,245 @@
+"""The training loop: minibatch SGD (or Adam) under a learning rule, with probes and recording.
+
+On a probe step one forward pass is differentiated twice: once under the rule (the update the
+optimiser applies) and once inside ``exact_gradients()`` (the true gradient), so the two are
+compared on exactly the same graph. Other steps do a single ordinary backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import Config
+from .constraints import SignConstraint
+from .data import Dataset
+from .feedback import exact_gradients, feedback_layers
+from .models import Network
+from .probes import StepContext, run_probes
+from .store import RunWriter
+
+
+class Diverged(Exception):
+    """The loss stopped being finite; ``row`` is the step's record (loss included)."""
+
+    def __init__(self, message: str, row: dict | None = None):
+        super().__init__(message)
+        self.row = row
+
+
+@dataclass
+class RunResult:
+    status: str
+    message: str
+    steps: int
+    epochs: int
+    final: dict[str, float]
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                           weight_decay=t.weight_decay)
+
+
+class Trainer:
+    def __init__(self, config: Config, data: Dataset, model: Network, writer: RunWriter | None,
+                 constraint: SignConstraint | None = None, progress: bool = True):
+        self.config, self.data, self.model, self.writer = config, data, model, writer
+        self.constraint = constraint
+        self.device = torch.device(config.train.device)
+        self.layers = feedback_layers(model)
+        self.names = list(self.layers)
+        self.optimizer = make_optimizer(config, model)
+        self.params = list(model.parameters())
+        self.progress = progress
+        self.step = 0
+        self.epoch = 0
+        self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
+        self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
+        n_probe = config.probes.n_probe_inputs
+        self.probe_inputs = data.x_val[:n_probe].to(self.device) if hasattr(model, "reconstruct") else None
+
+    # -- recording helpers -------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        if self.writer is None:
+            return
+        weights = {n: l.weight.detach().cpu().numpy() for n, l in self.layers.items()}
+        feedback = None
+        if any(l.feedback is not None for l in self.layers.values()):
+            feedback = {n: l.feedback.cpu().numpy() for n, l in self.layers.items()}
+        self.writer.snapshot(self.step, weights, feedback)
+        if self.probe_inputs is not None:
+            rec = self.model.reconstruct(self.probe_inputs)
+            self.writer.reconstruction(self.step, rec.reshape(len(rec), -1).cpu().numpy())
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and (self.step - 1) % every == 0
+
+    # -- one step -----------------------------------------------------------------------------
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        probe = self.writer is not None and self._due(self.config.probes.every)
+        layers = list(self.layers.values())
+        if probe:
+            for layer in layers:
+                layer.capturing = True
+        out = self.model(x)
+        terms = self.model.loss_terms(out, x, y)
+        loss = terms["loss"]
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            for layer in layers:
+                layer.capturing, layer.captured = False, []
+            row = {"step": self.step, "epoch": self.epoch, "loss": loss_value,
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+            raise Diverged(f"loss became {loss_value} at step {self.step} (epoch {self.epoch})", row)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = None
+        if probe:
+            counts = [len(layer.captured) for layer in layers]
+            outs = [t for layer in layers for t in layer.captured]
+            for layer in layers:
+                layer.capturing, layer.captured = False, []
+            weights = [layer.weight for layer in layers]
+            rule = torch.autograd.grad(loss, self.params + outs, retain_graph=True,
+                                       allow_unused=True)
+            with exact_gradients():
+                exact = torch.autograd.grad(loss, weights + outs, allow_unused=True)
+            for p, g in zip(self.params, rule[: len(self.params)], strict=True):
+                p.grad = g
+            by_id = {id(p): g for p, g in zip(self.params, rule, strict=False)}
+            ctx = StepContext(
+                names=self.names,
+                weights_before=[w.detach().clone() for w in weights],
+                weights_after=[w.detach() for w in weights],
+                feedback=[layer.feedback for layer in layers],
+                rule_grads=[by_id[id(w)] for w in weights],
+                bp_grads=list(exact[: len(weights)]),
+                rule_deltas=_per_layer(rule[len(self.params):], counts),
+                bp_deltas=_per_layer(exact[len(weights):], counts),
+                attempted=[0] * len(layers),
+            )
+        else:
+            loss.backward()
+
+        if self.config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
+        self.optimizer.step()
+        if self.constraint is not None:
+            attempted = self.constraint.project()
+            if ctx is not None:
+                ctx.attempted = [attempted[n] for n in self.names]
+
+        row = {"step": self.step, "epoch": self.epoch, "loss": loss_value,
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        correct, scored = self.model.correct(out.detach(), y)
+        row["batch_accuracy"] = correct / scored if scored else math.nan
+        for term in self.extra_terms:
+            row[term] = float(terms[term].detach())
+        if ctx is not None:
+            row.update(run_probes(ctx))
+        return row
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
+        """Mean loss and accuracy over a whole split, in evaluation mode."""
+        self.model.eval()
+        total, n, correct, scored = 0.0, 0, 0, 0
+        for i in range(0, len(x), batch):
+            xb, yb = x[i:i + batch].to(self.device), y[i:i + batch].to(self.device)
+            out = self.model(xb)
+            total += float(self.model.loss_terms(out, xb, yb)["loss"]) * len(xb)
+            n += len(xb)
+            c, s = self.model.correct(out, yb)
+            correct, scored = correct + c, scored + s
+        self.model.train()
+        return total / max(n, 1), (correct / scored if scored else math.nan)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        cfg = self.config.train
+        x_train, y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
+        n = len(x_train)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total = cfg.epochs * steps_per_epoch
+        bar = _progress(total, self.progress)
+        status, message = "completed", ""
+        final: dict[str, float] = {}
+        last_snapshot = -1
+        self.model.train()
+        if self._due_snapshot(0):
+            self._snapshot()
+            last_snapshot = 0
+        try:
+            for self.epoch in range(1, cfg.epochs + 1):
+                order = torch.randperm(n, generator=self.shuffle).to(self.device)
+                for start in range(0, n, cfg.batch_size):
+                    idx = order[start:start + cfg.batch_size]
+                    self.step += 1
+                    row = self._train_step(x_train[idx], y_train[idx])
+                    if self.writer is not None:
+                        self.writer.append_step(row)
+                    if self._due_snapshot(self.step):
+                        self._snapshot()
+                        last_snapshot = self.step
+                    bar.update(1)
+                    if self.step % 20 == 1 or self.step == total:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['batch_accuracy']:.3f}",
+                                        refresh=False)
+                final = self._end_epoch()
+        except Diverged as err:
+            if err.row is not None and self.writer is not None:
+                self.writer.append_step(err.row)
+            status, message = "diverged", f"{err}; lower train.lr or set train.grad_clip"
+        except KeyboardInterrupt:
+            status, message = "interrupted", f"stopped by the user or a signal at step {self.step}"
+        finally:
+            bar.close()
+            if self.writer is not None and status != "interrupted" and last_snapshot != self.step:
+                self._snapshot()
+        return RunResult(status, message, self.step, self.epoch if final else self.epoch - 1, final)
+
+    def _due_snapshot(self, step: int) -> bool:
+        every = self.config.probes.snapshot_every
+        return every > 0 and step % every == 0
+
+    def _end_epoch(self) -> dict[str, float]:
+        train_loss, train_acc = self.evaluate(self.data.x_train, self.data.y_train)
+        val_loss, val_acc = self.evaluate(self.data.x_val, self.data.y_val)
+        row = {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+               "val_loss": val_loss, "val_accuracy": val_acc, "step": self.step}
+        if self.writer is not None:
+            self.writer.append_epoch(row)
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} at epoch {self.epoch}")
+        return row
+
+
+def _per_layer(grads: tuple, counts: list[int]) -> list[torch.Tensor]:
+    """Concatenate each layer's captured-output gradients (several for a recurrent layer)."""
+    out, i = [], 0
+    for c in counts:
+        parts = [g.reshape(-1) for g in grads[i:i + c] if g is not None]
+        out.append(torch.cat(parts) if parts else torch.zeros(1))
+        i += c
+    return out
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean
+    return tqdm(total=total, disable=None if enabled else True, unit="step", dynamic_ncols=True,
+                leave=False)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
