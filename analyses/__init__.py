@@ -25,12 +25,18 @@ from .smoothing import AnalysisError
 ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (alignment, unlearning, autoencoder)}
 #: the many-run comparison: ``compare.analyze(list_of_trees)``
 COMPARE = compare
+#: what reading a damaged store raises while an analysis runs (stores open lazily, so a
+#: truncated chunk only shows when it is read): codec errors (RuntimeError), missing or
+#: unreadable chunk files (OSError), undecodable bytes (ValueError)
+READ_ERRORS = (OSError, RuntimeError, ValueError)
 
 __all__ = [
     "ANALYSES",
     "COMPARE",
+    "READ_ERRORS",
     "AnalysisError",
     "applicable",
+    "describe_failure",
     "figures",
     "open_tree",
     "parameter_names",
@@ -58,6 +64,16 @@ def applicable(tree: xr.DataTree, names: list[str] | tuple[str, ...] = ()) -> li
         )
     chosen = [ANALYSES[n] for n in names] if names else list(ANALYSES.values())
     return [m for m in chosen if m.applies(tree)]
+
+
+def describe_failure(err: Exception) -> str:
+    """One line for an analysis that failed: its own message, or what reading the store raised."""
+    if isinstance(err, AnalysisError):
+        return str(err)
+    return (
+        f"failed while reading or analysing the store ({type(err).__name__}: {err}); "
+        "the store may be damaged"
+    )
 
 
 def parameter_names(module: ModuleType) -> list[str]:

@@ -275,6 +275,9 @@ def table(result: xr.Dataset) -> str:
                 ]
             )
     lines = [f"alignment — {result.attrs.get('run', '')} ({result.attrs.get('status', '')})"]
+    if not rows:
+        lines.append("no probed steps: the run recorded no angles (was probes.every 0?)")
+        return "\n".join(lines)
     lines += format_table(head, rows, left=2)
     if never:
         lines.append(

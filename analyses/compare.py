@@ -110,9 +110,10 @@ def analyze(
 ) -> xr.Dataset:
     """Line runs up along ``run`` and summarise them per arm.
 
-    names: run names (default: store file names). by: grouping keys for the arms (default: every
-    varying key except ``exclude``, i.e. except the seed). n_boot, level, seed: the percentile
-    bootstrap. angles: also tabulate each run's hidden-layer plateau update angle.
+    names: run names (default: store file names). by: grouping keys for the arms, or a
+    :data:`GROUPINGS` name (default: every varying key except ``exclude``, i.e. the seed).
+    n_boot, level, seed: the percentile bootstrap.
+    angles: also tabulate each run's hidden-layer plateau update angle.
     """
     if isinstance(trees, xr.DataTree):
         trees = [trees]
@@ -180,7 +181,7 @@ def analyze(
         coords[key] = ("run", _coordinate([c.get(key) for c in configs]))
     result = xr.Dataset(data, coords=coords)
 
-    group_keys = [k for k in varying if k not in exclude] if by is None else list(by)
+    group_keys = [k for k in varying if k not in exclude] if by is None else _grouping(by)
     result.attrs.update(
         {
             "analysis": NAME,
@@ -234,8 +235,11 @@ def _key_values(result: xr.Dataset, key: str) -> list[Any]:
 
 
 def _resolve_by(result: xr.Dataset, by: Sequence[str] | str | None) -> list[str]:
-    if by is None:
-        return list(_params(result).get("by", []))
+    return list(_params(result).get("by", [])) if by is None else _grouping(by)
+
+
+def _grouping(by: Sequence[str] | str) -> list[str]:
+    """Grouping keys from a list of keys or a :data:`GROUPINGS` name."""
     if isinstance(by, str):
         if by not in GROUPINGS:
             raise AnalysisError(
@@ -354,26 +358,15 @@ def table(result: xr.Dataset, by: Sequence[str] | str | None = None) -> str:
     grouped = arms(result, by)
     keys = json.loads(grouped.attrs["by"])
     columns = [c for c in COLUMNS if np.isfinite(grouped[f"{c[0]}_mean"].values).any()]
-    head = (
-        [*keys, "runs"] + [c[1] for c in columns]
-        if keys
-        else ["arm", "runs"] + [c[1] for c in columns]
-    )
+    head = [*(keys or ["arm"]), "runs", *(c[1] for c in columns)]
     rows = []
     for a in range(grouped.sizes["arm"]):
         g = grouped.isel(arm=a)
         cells = [_label(g[k].item()) for k in keys] if keys else [str(g["arm"].item())]
         cells.append(str(int(g["n_runs"])))
         for var, _, scale, digits in columns:
-            cells.append(
-                _ci(
-                    float(g[f"{var}_mean"]),
-                    float(g[f"{var}_low"]),
-                    float(g[f"{var}_high"]),
-                    scale,
-                    digits,
-                )
-            )
+            stats = (float(g[f"{var}_{part}"]) for part in ("mean", "low", "high"))
+            cells.append(_ci(*stats, scale, digits))
         rows.append(cells)
     lines = [f"compare — {result.sizes['run']} runs, {grouped.sizes['arm']} arms"]
     lines += format_table(head, rows, left=max(len(keys), 1))

@@ -26,7 +26,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from . import COMPARE, applicable, figures, open_tree
+from . import COMPARE, READ_ERRORS, applicable, describe_failure, figures, open_tree
 from .smoothing import AnalysisError, flat_config, now_iso, run_name, run_source
 
 #: show a progress bar from this many runs on (and only on a terminal)
@@ -186,12 +186,22 @@ def _analysis_section(out: _Writer, module: ModuleType, run: Any, label: str) ->
     out.heading(3, f"{module.NAME}")
     try:
         result = run()
-    except AnalysisError as err:
-        out.paragraph(f"{module.NAME} could not analyse this: {err}", css="error")
+    except READ_ERRORS as err:  # AnalysisError included: the report goes on with the next
+        out.paragraph(f"{module.NAME} could not analyse this: {describe_failure(err)}", css="error")
         return
     out.preformatted(module.table(result))
     for plot_name, fig in figures(module, result):
         out.figure(fig, f"{label}: {module.NAME} — {plot_name.removeprefix('plot_')}")
+
+
+def _contents(trees: list[xr.DataTree]) -> str:
+    """Links to every run's section (with its status) and to the comparison."""
+    items = "".join(
+        f'<li><a href="#run-{i + 1}">{html.escape(run_name(t, default=f"run {i + 1}"))}</a> '
+        f"({html.escape(str(t.attrs.get('status', '?')))})</li>"
+        for i, t in enumerate(trees)
+    )
+    return f'<nav><ul>{items}<li><a href="#compare">Comparison</a></li></ul></nav>'
 
 
 def write_report(
@@ -226,6 +236,7 @@ def write_report(
         if len(trees) > 1:
             out.heading(2, "Comparison", anchor="compare")
             _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")
+            out.parts.insert(2, _contents(trees))  # after the title and the intro line
     finally:
         out.close()
     out_html.write_text(out.page(title), encoding="utf-8")

@@ -52,8 +52,10 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
 def smooth(series: np.ndarray | xr.DataArray, window: int, dim: str = "step") -> Any:
     """Moving average over the finite points of ``series`` along ``dim`` (NaNs stay NaN).
 
-    Works on a 1-D numpy array or on a DataArray (each 1-D slice along ``dim`` separately), so
+    Works on a numpy array (along its first axis, each column separately) or on a DataArray
+    (each 1-D slice along ``dim`` separately), so
     a probe series recorded every k steps is smoothed over its probed points, not over the gaps.
+    The window is centred; an even window is widened by one so it does not shift the curve.
     """
     window = check_window(window)
     if isinstance(series, xr.DataArray):
@@ -68,9 +70,13 @@ def smooth(series: np.ndarray | xr.DataArray, window: int, dim: str = "step") ->
         )
         return out.transpose(*series.dims).assign_attrs(series.attrs)
     values = np.asarray(series, dtype=float)
-    if values.ndim != 1:
-        raise AnalysisError(f"smooth() needs a 1-D array or a DataArray, got shape {values.shape}")
-    return _smooth_1d(values, window)
+    if values.ndim == 0:
+        raise AnalysisError("smooth() needs a series (an array with a step axis), got a scalar")
+    if values.ndim == 1:
+        return _smooth_1d(values, window)
+    if values.size == 0:
+        return values.copy()
+    return np.apply_along_axis(_smooth_1d, 0, values, window)
 
 
 def _smooth_1d(values: np.ndarray, window: int) -> np.ndarray:

@@ -152,8 +152,8 @@ def _accuracy(tree: xr.DataTree, st: xr.Dataset, curve: str) -> np.ndarray:
             raise AnalysisError("this run records no batch_accuracy; try curve='val'")
         return st["batch_accuracy"].values.astype(float)
     ep = epochs_group(tree)
-    if ep is None or "val_accuracy" not in ep.data_vars:
-        raise AnalysisError("this run has no epochs/val_accuracy yet; use curve='batch'")
+    if ep is None or "val_accuracy" not in ep.data_vars or "step" not in ep.variables:
+        raise AnalysisError("this run has no epochs/val_accuracy and step yet; use curve='batch'")
     out = np.full(st.sizes["step"], np.nan)
     index = {int(s): i for i, s in enumerate(st["step"].values)}
     for s, v in zip(ep["step"].values, ep["val_accuracy"].values, strict=True):
@@ -166,6 +166,35 @@ def _layer_series(st: xr.Dataset, name: str, layers: list[str]) -> np.ndarray:
     if name in st.data_vars:
         return st[name].transpose("step", "layer").values.astype(float)
     return np.full((st.sizes["step"], len(layers)), np.nan)
+
+
+def _zeroing(
+    st: xr.Dataset, layers: list[str], window: int, rise_fraction: float, onsets: np.ndarray
+) -> dict[str, Any]:
+    """Smoothed zeroed fraction and attempted flips (per layer and layer mean), their values
+    at each onset estimate, and the step where zeroing covered ``rise_fraction`` of its rise."""
+    zeroed = _layer_series(st, "zeroed_fraction", layers)
+    flips = _layer_series(st, "attempted_flips", layers)
+    steps = st["step"].values
+    with warnings.catch_warnings():  # un-probed steps are all-NaN rows: their mean is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out: dict[str, Any] = {
+            "zeroed": smooth(zeroed, window),
+            "flips": smooth(flips, window),
+            "zeroed_mean": smooth(np.nanmean(zeroed, axis=1), window),
+            "flips_mean": smooth(np.nanmean(flips, axis=1), window),
+        }
+    for name in ("zeroed", "flips"):
+        per_layer = out[name]
+        out[f"{name}_at"] = np.array(
+            [[_at(steps, per_layer[:, j], o) for j in range(len(layers))] for o in onsets]
+        ).reshape(len(onsets), len(layers))
+        out[f"{name}_mean_at"] = np.array([_at(steps, out[f"{name}_mean"], o) for o in onsets])
+    out["zeroing_step"] = np.array(
+        [rise_step(steps, out["zeroed"][:, j], rise_fraction) for j in range(len(layers))]
+    )
+    out["zeroing_mean"] = rise_step(steps, out["zeroed_mean"], rise_fraction)
+    return out
 
 
 def _check_params(curve: str, margin: float, rise_fraction: float) -> None:
@@ -231,25 +260,7 @@ def analyze(
             fit["breakpoint"] = np.nan  # no steeper fall after the break: not an onset
     onsets = np.array([onset_margin if unlearning else np.nan, fit["breakpoint"]])
 
-    zeroed = _layer_series(st, "zeroed_fraction", layers)
-    flips = _layer_series(st, "attempted_flips", layers)
-    zeroed_s = np.column_stack([smooth(zeroed[:, j], window) for j in range(len(layers))])
-    flips_s = np.column_stack([smooth(flips[:, j], window) for j in range(len(layers))])
-    with warnings.catch_warnings():  # un-probed steps are all-NaN rows: their mean is NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        zeroed_mean = smooth(np.nanmean(zeroed, axis=1), window)
-        flips_mean = smooth(np.nanmean(flips, axis=1), window)
-
-    zeroing_step = np.array(
-        [rise_step(steps, zeroed_s[:, j], rise_fraction) for j in range(len(layers))]
-    )
-    zeroing_mean = rise_step(steps, zeroed_mean, rise_fraction)
-    zeroed_at = np.array(
-        [[_at(steps, zeroed_s[:, j], o) for j in range(len(layers))] for o in onsets]
-    )
-    flips_at = np.array(
-        [[_at(steps, flips_s[:, j], o) for j in range(len(layers))] for o in onsets]
-    )
+    z = _zeroing(st, layers, window, rise_fraction, onsets)
 
     step_attrs = {"units": "1", "long_name": "optimiser step"}
     e, sl, s = ("estimate",), ("step", "layer"), ("step",)
@@ -261,17 +272,25 @@ def analyze(
                 acc_smooth,
                 {"units": "1", "long_name": f"{curve} accuracy smoothed over {window} points"},
             ),
-            "zeroed_fraction": (sl, zeroed_s, _a("1", "fraction of weights exactly 0 (smoothed)")),
-            "zeroed_fraction_mean": (s, zeroed_mean, _a("1", "zeroed fraction, mean over layers")),
+            "zeroed_fraction": (
+                sl,
+                z["zeroed"],
+                _a("1", "fraction of weights exactly 0 (smoothed)"),
+            ),
+            "zeroed_fraction_mean": (
+                s,
+                z["zeroed_mean"],
+                _a("1", "zeroed fraction, mean over layers"),
+            ),
             "attempted_flips": (
                 sl,
-                flips_s,
-                _a("1/step", "attempted sign flips per step (smoothed)"),
+                z["flips"],
+                _a("count", "attempted sign flips per step (smoothed)"),
             ),
             "attempted_flips_mean": (
                 s,
-                flips_mean,
-                _a("1/step", "attempted flips, mean over layers"),
+                z["flips_mean"],
+                _a("count", "attempted flips per step, mean over layers"),
             ),
             "unlearning": (
                 (),
@@ -289,32 +308,32 @@ def analyze(
             ),
             "zeroed_at_onset": (
                 ("estimate", "layer"),
-                zeroed_at,
+                z["zeroed_at"],
                 _a("1", "zeroed fraction at onset"),
             ),
             "zeroed_mean_at_onset": (
                 e,
-                [_at(steps, zeroed_mean, o) for o in onsets],
+                z["zeroed_mean_at"],
                 _a("1", "layer-mean zeroed fraction at onset"),
             ),
             "attempted_flips_at_onset": (
                 ("estimate", "layer"),
-                flips_at,
-                _a("1/step", "attempted flips per step at onset"),
+                z["flips_at"],
+                _a("count", "attempted flips per step at onset"),
             ),
             "attempted_flips_mean_at_onset": (
                 e,
-                [_at(steps, flips_mean, o) for o in onsets],
-                _a("1/step", "layer-mean attempted flips per step at onset"),
+                z["flips_mean_at"],
+                _a("count", "layer-mean attempted flips per step at onset"),
             ),
             "zeroing_step": (
                 ("layer",),
-                zeroing_step,
+                z["zeroing_step"],
                 _a("1", f"step where the zeroed fraction covered {rise_fraction:g} of its rise"),
             ),
             "zeroing_step_mean": (
                 (),
-                zeroing_mean,
+                z["zeroing_mean"],
                 _a(
                     "1",
                     f"step where the mean zeroed fraction covered {rise_fraction:g} of its rise",
@@ -322,7 +341,7 @@ def analyze(
             ),
             "lag": (
                 e,
-                onsets - zeroing_mean,
+                onsets - z["zeroing_mean"],
                 _a("1", "onset step minus zeroing step (>0: zeroing leads)"),
             ),
             "hinge_level": ((), fit["level"], _a("1", "hinge fit: accuracy at the breakpoint")),

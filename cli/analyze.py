@@ -15,7 +15,16 @@ import click
 import numpy as np
 import xarray as xr
 
-from analyses import ANALYSES, COMPARE, AnalysisError, applicable, open_tree, parameter_names
+from analyses import (
+    ANALYSES,
+    COMPARE,
+    READ_ERRORS,
+    AnalysisError,
+    applicable,
+    describe_failure,
+    open_tree,
+    parameter_names,
+)
 from analyses import summary as summary_values
 from analyses.smoothing import run_name
 from dynalign.store import StoreError
@@ -86,8 +95,8 @@ def _check_only(only: tuple[str, ...]) -> None:
 def _run(module: ModuleType, target: Any, params: dict[str, Any], where: str) -> xr.Dataset:
     try:
         return module.analyze(target, **params)
-    except AnalysisError as err:
-        raise InputError(f"{where}: {module.NAME}: {err}") from None
+    except READ_ERRORS as err:  # AnalysisError, or a damaged chunk read for the first time
+        raise InputError(f"{where}: {module.NAME}: {describe_failure(err)}") from None
 
 
 def _unique(names: list[str]) -> list[str]:

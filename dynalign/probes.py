@@ -19,15 +19,19 @@ from .store import Variable
 def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Angle between two tensors seen as vectors, in degrees; NaN if either is zero.
 
-    Uses 2·atan2(|â − b̂|, |â + b̂|), which is exact for identical inputs (0°) and well
-    conditioned near 0° and 180°, unlike arccos of the cosine.
+    Three dot products (one pass each) give the cosine; the angle is atan2(|sin|, cos) in
+    float64. Inputs that agree to float32 rounding are compared element by element, so
+    bitwise-equal ones (BP, where both come from the same arithmetic) give exactly 0°, not
+    the rounding residue of the dot products.
     """
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
-    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
-    ua, ub = a / na, b / nb
-    rad = 2 * torch.atan2(torch.linalg.vector_norm(ua - ub), torch.linalg.vector_norm(ua + ub))
-    bad = (na == 0) | (nb == 0)
-    return torch.where(bad, torch.full_like(rad, math.nan), rad * (180 / math.pi))
+    a, b = a.reshape(-1), b.reshape(-1)
+    ab, aa, bb = (torch.dot(a, b).double(), torch.dot(a, a).double(), torch.dot(b, b).double())
+    if aa == 0 or bb == 0:
+        return torch.tensor(math.nan, dtype=torch.float64, device=a.device)
+    cos = (ab / torch.sqrt(aa * bb)).clamp(-1, 1)
+    if cos > 1 - 1e-6 and (a is b or torch.equal(a, b)):
+        return torch.zeros((), dtype=torch.float64, device=a.device)
+    return torch.atan2(torch.sqrt(1 - cos * cos), cos) * (180 / math.pi)
 
 
 @dataclass
@@ -93,9 +97,10 @@ class SignProbe(Probe):
 
     def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
         before, after = ctx.weights_before[i], ctx.weights_after[i]
-        flips = ((before * after) < 0).sum()
+        flips = torch.count_nonzero(torch.mul(before, after) < 0)
         attempted = torch.as_tensor(ctx.attempted[i], device=after.device)
-        return [flips, attempted, (after == 0).float().mean()]
+        zeroed = torch.count_nonzero(after == 0) / after.numel()
+        return [flips, attempted, zeroed]
 
 
 PROBES: tuple[Probe, ...] = (AngleProbe(), NormProbe(), SignProbe())

@@ -51,20 +51,27 @@ def prepare(config: Config):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt so a killed run closes its store as ``interrupted``."""
+def stop_on_signals(trainer: Trainer):
+    """SIGINT/SIGTERM ask the trainer to stop after the current step (status ``interrupted``).
+
+    Stopping between steps, never inside one, keeps the store consistent: no half-written row
+    or chunk. A second signal interrupts at once, for a run that will not stop.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = signal.Signals(signum).name
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def record(config: Config, out: str | Path, overwrite: bool = False,
@@ -99,7 +106,7 @@ def record(config: Config, out: str | Path, overwrite: bool = False,
     _write_static(writer, model, constraint, data, n_probe, image_shape is not None)
     trainer = Trainer(config, data, model, writer, constraint, progress)
     try:
-        with sigterm_as_interrupt():
+        with stop_on_signals(trainer):
             result = trainer.run()
     except BaseException as err:
         writer.close("failed", f"{type(err).__name__}: {err}")

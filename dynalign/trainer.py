@@ -60,6 +60,8 @@ class Trainer:
         self.progress = progress
         self.step = 0
         self.epoch = 0
+        self.last_snapshot = -1
+        self.stop_requested: str | None = None  # set by a signal handler: stop after this step
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
         self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
         n_probe = config.probes.n_probe_inputs
@@ -69,6 +71,7 @@ class Trainer:
     def _snapshot(self) -> None:
         if self.writer is None:
             return
+        self.last_snapshot = self.step
         weights = {n: l.weight.detach().cpu().numpy() for n, l in self.layers.items()}
         feedback = None
         if any(l.feedback is not None for l in self.layers.values()):
@@ -82,6 +85,16 @@ class Trainer:
         return every > 0 and (self.step - 1) % every == 0
 
     # -- one step -----------------------------------------------------------------------------
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """One optimiser step on a minibatch, recorded (and snapshotted when due)."""
+        self.step += 1
+        row = self._train_step(x, y)
+        if self.writer is not None:
+            self.writer.append_step(row)
+            if self._due_snapshot(self.step):
+                self._snapshot()
+        return row
+
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         probe = self.writer is not None and self._due(self.config.probes.every)
         layers = list(self.layers.values())
@@ -100,32 +113,8 @@ class Trainer:
             raise Diverged(f"loss became {loss_value} at step {self.step} (epoch {self.epoch})", row)
 
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = None
-        if probe:
-            counts = [len(layer.captured) for layer in layers]
-            outs = [t for layer in layers for t in layer.captured]
-            for layer in layers:
-                layer.capturing, layer.captured = False, []
-            weights = [layer.weight for layer in layers]
-            rule = torch.autograd.grad(loss, self.params + outs, retain_graph=True,
-                                       allow_unused=True)
-            with exact_gradients():
-                exact = torch.autograd.grad(loss, weights + outs, allow_unused=True)
-            for p, g in zip(self.params, rule[: len(self.params)], strict=True):
-                p.grad = g
-            by_id = {id(p): g for p, g in zip(self.params, rule, strict=False)}
-            ctx = StepContext(
-                names=self.names,
-                weights_before=[w.detach().clone() for w in weights],
-                weights_after=[w.detach() for w in weights],
-                feedback=[layer.feedback for layer in layers],
-                rule_grads=[by_id[id(w)] for w in weights],
-                bp_grads=list(exact[: len(weights)]),
-                rule_deltas=_per_layer(rule[len(self.params):], counts),
-                bp_deltas=_per_layer(exact[len(weights):], counts),
-                attempted=[0] * len(layers),
-            )
-        else:
+        ctx = self._rule_and_exact_gradients(loss, layers) if probe else None
+        if ctx is None:
             loss.backward()
 
         if self.config.train.grad_clip:
@@ -145,6 +134,35 @@ class Trainer:
         if ctx is not None:
             row.update(run_probes(ctx))
         return row
+
+    def _rule_and_exact_gradients(self, loss: torch.Tensor, layers: list) -> StepContext:
+        """Differentiate one graph under the rule (stored as .grad) and under BP (for probes)."""
+        counts = [len(layer.captured) for layer in layers]
+        outs = [t for layer in layers for t in layer.captured]
+        for layer in layers:
+            layer.capturing, layer.captured = False, []
+        weights = [layer.weight for layer in layers]
+        n = len(self.params)
+        rule = torch.autograd.grad(loss, self.params + outs, retain_graph=True, allow_unused=True)
+        for p, g in zip(self.params, rule[:n], strict=True):
+            p.grad = g
+        rule_grads = [p.grad for p in weights]
+        if any(layer.feedback is not None for layer in layers):
+            with exact_gradients():
+                exact = torch.autograd.grad(loss, weights + outs, allow_unused=True)
+        else:  # no layer has a B: the rule *is* backprop, a second pass would repeat it
+            exact = tuple(rule_grads) + rule[n:]
+        return StepContext(
+            names=self.names,
+            weights_before=[w.detach().clone() for w in weights],
+            weights_after=[w.detach() for w in weights],
+            feedback=[layer.feedback for layer in layers],
+            rule_grads=rule_grads,
+            bp_grads=list(exact[: len(weights)]),
+            rule_deltas=_per_layer(rule[n:], counts),
+            bp_deltas=_per_layer(exact[len(weights):], counts),
+            attempted=[0] * len(layers),
+        )
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -172,24 +190,18 @@ class Trainer:
         bar = _progress(total, self.progress)
         status, message = "completed", ""
         final: dict[str, float] = {}
-        last_snapshot = -1
         self.model.train()
         if self._due_snapshot(0):
             self._snapshot()
-            last_snapshot = 0
         try:
             for self.epoch in range(1, cfg.epochs + 1):
                 order = torch.randperm(n, generator=self.shuffle).to(self.device)
                 for start in range(0, n, cfg.batch_size):
                     idx = order[start:start + cfg.batch_size]
-                    self.step += 1
-                    row = self._train_step(x_train[idx], y_train[idx])
-                    if self.writer is not None:
-                        self.writer.append_step(row)
-                    if self._due_snapshot(self.step):
-                        self._snapshot()
-                        last_snapshot = self.step
+                    row = self.train_batch(x_train[idx], y_train[idx])
                     bar.update(1)
+                    if self.stop_requested:
+                        raise KeyboardInterrupt
                     if self.step % 20 == 1 or self.step == total:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['batch_accuracy']:.3f}",
                                         refresh=False)
@@ -199,10 +211,11 @@ class Trainer:
                 self.writer.append_step(err.row)
             status, message = "diverged", f"{err}; lower train.lr or set train.grad_clip"
         except KeyboardInterrupt:
-            status, message = "interrupted", f"stopped by the user or a signal at step {self.step}"
+            cause = self.stop_requested or "KeyboardInterrupt"
+            status, message = "interrupted", f"stopped by {cause} after step {self.step}"
         finally:
             bar.close()
-            if self.writer is not None and status != "interrupted" and last_snapshot != self.step:
+            if self.writer is not None and status != "interrupted" and self.last_snapshot != self.step:
                 self._snapshot()
         return RunResult(status, message, self.step, self.epoch if final else self.epoch - 1, final)
 

@@ -10,9 +10,10 @@ run can never promise. The layout follows the store schema v1 (see DESIGN.md, "T
     again = read_run(path)                               # xarray.open_datatree(engine="zarr")
 
 Per-layer series may be given as 1-D (one value per step, shared by every layer) or 2-D
-(step, layer). Per-layer series are NaN on steps that were not probed (``step % probe_every
-!= 0``), just like a recorded run. Unspecified series get plain constants (angles 0, norms 1,
-flips 0, zeroed 0, loss 1, accuracy 0.5), so only what a test plants carries a signal.
+(step, layer). Per-layer series are NaN on steps that were not probed: like the trainer, probes
+run on steps 1, 1 + probe_every, 1 + 2 probe_every, ... (``probe_every=0``: never).
+Unspecified series get plain constants (angles 0, norms 1, flips 0, zeroed 0, loss 1,
+accuracy 0.5), so only what a test plants carries a signal.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ ATTRS: dict[str, tuple[str, str]] = {
     "feedback_angle": ("degree", "angle between W and B"),
     "weight_norm": ("1", "Frobenius norm of W"),
     "update_norm": ("1", "Frobenius norm of the applied change of W"),
-    "sign_flips": ("1", "weights whose sign changed in the step"),
-    "attempted_flips": ("1", "weights a sign constraint stopped at zero"),
+    "sign_flips": ("count", "weights whose sign changed in the step"),
+    "attempted_flips": ("count", "weights a sign constraint stopped at zero"),
     "zeroed_fraction": ("1", "fraction of the layer's weights exactly 0"),
     "train_loss": ("1", "training loss over the epoch"),
     "train_accuracy": ("1", "training accuracy over the epoch"),
@@ -150,12 +151,12 @@ def make_run(
     reconstructions: ``{"input": (P, pixel), "reconstruction": (S, P, pixel),
     "snapshot_step": (S,), "image_shape": [h, w]}``.
     """
-    if steps < 1 or probe_every < 1 or steps_per_epoch < 1:
-        raise ValueError("steps, probe_every and steps_per_epoch must all be >= 1")
+    if steps < 1 or probe_every < 0 or steps_per_epoch < 1:
+        raise ValueError("steps and steps_per_epoch must be >= 1, probe_every >= 0")
     cfg = make_config(config)
     layers = [str(layer) for layer in layers]
     step = np.arange(1, steps + 1, dtype=np.int64)
-    probed = step % probe_every == 0
+    probed = (step - 1) % probe_every == 0 if probe_every else np.zeros(steps, dtype=bool)
     layer_coord = np.array(layers, dtype=object)  # variable-length strings: a stable zarr v3 type
 
     task = task or _task(cfg)
@@ -233,6 +234,12 @@ def make_run(
             "layers": layers,
             "task": task,
             "message": "",
+            # written by the recorder beyond the schema: quick facts for `dynalign inspect`
+            "rule": cfg.rule.name,
+            "model_kind": cfg.model.kind,
+            "steps": int(steps),
+            "epochs": n_epochs,
+            "final": {k: float(epochs_ds[k].values[-1]) for k in epochs_ds.data_vars},
         }
     )
     groups: dict[str, xr.Dataset] = {"/": root, "/steps": steps_ds, "/epochs": epochs_ds}
@@ -268,7 +275,7 @@ def _snapshot_group(layer: str, snap: Mapping[str, Any]) -> xr.Dataset:
     if snap.get("feedback") is not None:
         data["feedback"] = (("snapshot", *dims), np.asarray(snap["feedback"], dtype=np.float32))
     if snap.get("sign") is not None:
-        data["sign"] = (dims, np.asarray(snap["sign"], dtype=np.float32))
+        data["sign"] = (dims, np.asarray(snap["sign"], dtype=np.int8))
     return xr.Dataset(data)
 
 

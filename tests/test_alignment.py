@@ -42,6 +42,16 @@ def test_smooth_is_a_centred_mean_over_probed_points_only():
     np.testing.assert_allclose(got, expected, equal_nan=True, rtol=1e-12)
 
 
+def test_smooth_treats_columns_and_dataarray_slices_separately():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(17, 3))
+    values[::4, 1] = np.nan
+    columns = np.column_stack([smooth(values[:, j], 3) for j in range(3)])
+    np.testing.assert_allclose(smooth(values, 3), columns, equal_nan=True)
+    da = xr.DataArray(values.T, dims=("layer", "step"))
+    np.testing.assert_allclose(smooth(da, 3, dim="step").values, columns.T, equal_nan=True)
+
+
 def test_smooth_rejects_a_bad_window():
     with pytest.raises(AnalysisError, match="window"):
         smooth(np.ones(5), 0)
@@ -53,7 +63,7 @@ def test_smooth_rejects_a_bad_window():
 def test_noiseless_crossing_is_the_first_probed_step_below_the_threshold():
     tree = make_run(steps=STEPS, layers=["fc1"], update_angle=_angles(0, noise=0.0), probe_every=5)
     result = alignment.analyze(tree, window=1)
-    expected = 5 * np.ceil(TRUE_CROSSING / 5)  # probes at multiples of 5
+    expected = 1 + 5 * np.ceil((TRUE_CROSSING - 1) / 5)  # probes at steps 1, 6, 11, ...
     assert float(result["crossing_step"].sel(kind="update", layer="fc1")) == expected
 
 
@@ -68,7 +78,7 @@ def test_planted_decay_gives_back_its_crossing_step(seed):
     crossing = result["crossing_step"].sel(kind="update")
     assert abs(float(crossing.sel(layer="fc1")) - TRUE_CROSSING) <= 15
     assert abs(float(crossing.sel(layer="fc2")) - (1 + 2 * TAU * np.log(1.5))) <= 15
-    assert float(crossing.sel(layer="fc3")) == 5  # an exact (output) layer is aligned at once
+    assert float(crossing.sel(layer="fc3")) == 1  # an exact (output) layer is aligned at once
 
 
 def test_rebound_above_the_threshold_gets_the_later_step():
@@ -120,7 +130,7 @@ def test_initial_minimum_and_plateau_match_closed_forms():
 def test_bp_run_is_aligned_from_the_first_step():
     tree = make_run(steps=40, config={"rule.name": "bp"}, probe_every=4)  # all angles 0
     result = alignment.analyze(tree)
-    assert (result["crossing_step"] == 4).all()
+    assert (result["crossing_step"] == 1).all()
     assert (result["plateau_angle"] == 0).all()
     assert (result["n_probed"] == 10).all()
 
@@ -128,9 +138,9 @@ def test_bp_run_is_aligned_from_the_first_step():
 def test_only_probed_steps_are_kept_and_smoothing_skips_gaps():
     tree = make_run(steps=30, layers=["fc1"], update_angle=np.arange(30.0), probe_every=3)
     result = alignment.analyze(tree, window=3)
-    np.testing.assert_array_equal(result["step"], np.arange(3, 31, 3))
+    np.testing.assert_array_equal(result["step"], np.arange(1, 31, 3))
     sm = result["angle_smooth"].sel(kind="update", layer="fc1").values
-    raw = np.arange(30.0)[2::3]
+    raw = np.arange(30.0)[::3]
     np.testing.assert_allclose(sm[1:-1], raw[1:-1])  # a line is its own centred average
     assert sm[0] == pytest.approx(raw[:2].mean())
 
@@ -188,6 +198,13 @@ def test_applies_only_to_runs_with_an_update_angle():
     assert not alignment.applies(xr.DataTree())
     with pytest.raises(AnalysisError, match="update_angle"):
         alignment.analyze(xr.DataTree())
+
+
+def test_run_without_probed_steps_gives_an_empty_result_and_says_so():
+    result = alignment.analyze(make_run(steps=5, probe_every=0))
+    assert result.sizes["step"] == 0 and (result["n_probed"] == 0).all()
+    assert np.isnan(result["crossing_step"]).all()
+    assert "no probed steps" in alignment.table(result)
 
 
 @pytest.mark.parametrize(

@@ -187,6 +187,7 @@ def test_named_groupings_make_one_row_per_arm():
     assert len(rows) == 3 and all(" 4 " in row for row in rows)  # 2 depths x 2 seeds each
     assert "pooled across: model.activation, model.depth, train.seed" in text
 
+    assert compare.analyze(_ablation(), by="batch_norm").sizes["arm"] == 3
     by_rule = compare.arms(result, "rule")
     assert by_rule.sizes["arm"] == 1 and by_rule["n_runs"].item() == 12
     assert compare.arms(result, "activation").sizes["arm"] == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,7 +10,15 @@ from dynalign.feedback import Linear, exact_gradients, feedback_layers
 from dynalign.models.mlp import MLP
 from dynalign.rules import FeedbackAlignment, Rule, attach_rule, make_rule
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Every tensor in this module is float64; restored afterwards for the other modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _two_layer(rule, seed=0):
@@ -116,7 +125,5 @@ def test_fa_feedback_matches_forward_init_distribution():
 
 
 def test_make_rule_rejects_unknown():
-    import pytest
-
     with pytest.raises(ValueError, match="unknown rule"):
         make_rule("kp")

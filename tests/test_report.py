@@ -99,6 +99,9 @@ def test_html_shows_runs_config_status_tables_and_comparison(tmp_path):
     assert "completed" in text
     assert "verdict: reconstructs" in text  # the autoencoder's table
     assert "compare — 2 runs" in text
+    raw = out.read_text(encoding="utf-8")
+    for anchor in ("run-1", "run-2", "compare"):  # contents links and their targets
+        assert f'href="#{anchor}"' in raw and f'id="{anchor}"' in raw
 
 
 def test_single_run_has_no_comparison_and_accepts_trees(tmp_path):

@@ -1,0 +1,170 @@
+"""Step time of dynalign against plain torch, side by side in one process, and peak memory.
+
+A 3x512 ReLU MLP on 3072-dimensional inputs (CIFAR-10 sized), batch 100, SGD with momentum:
+  (a) plain torch.nn.Linear, backprop          (the reference: ratio 1.00)
+  (b) dynalign, BP, no probes
+  (c) dynalign, FA, no probes
+  (d) dynalign, FA, every probe on every step, W/B snapshots every 100 steps, store written
+  (e) the same with probes every 10 steps
+Variants are timed in interleaved rounds and each reports its median time per step, so a
+machine that is busy for a while slows all of them alike. Peak memory (max RSS of a fresh
+process) is then measured for runs that record 2,000 and 20,000 steps with every probe.
+
+    python benchmarks/step_time.py [--steps 40] [--rounds 7] [--threads 1] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dynalign.config import build_config
+from dynalign.data import Dataset
+from dynalign.feedback import feedback_layers
+from dynalign.models import build
+from dynalign.probes import probe_variables
+from dynalign.rules import attach_rule, make_rule
+from dynalign.store import RunWriter
+from dynalign.trainer import Trainer
+
+N_IN, WIDTH, DEPTH, N_OUT, BATCH = 3072, 512, 3, 10, 100
+
+
+def synthetic(n: int, n_in: int, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, n_in, generator=g)
+    y = torch.randint(0, N_OUT, (n,), generator=g)
+    return Dataset("bench", x, y, x[:BATCH], y[:BATCH], N_OUT, (n_in,), "classification",
+                   "0" * 64, {})
+
+
+def plain_torch_stepper(data: Dataset, lr: float = 0.01):
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    sizes = [N_IN] + [WIDTH] * DEPTH
+    for i in range(DEPTH):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(WIDTH, N_OUT))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def dynalign_stepper(data: Dataset, rule: str, probe_every: int, store: Path | None):
+    config = build_config(overrides={
+        "model.depth": DEPTH, "model.width": WIDTH, "rule.name": rule, "data.name": "synthetic",
+        "probes.every": probe_every, "probes.snapshot_every": 100,
+    })
+    torch.manual_seed(0)
+    model = build(config, data.input_shape, N_OUT, torch.Generator().manual_seed(1))
+    attach_rule(model, make_rule(rule), torch.Generator().manual_seed(2))
+    writer = None
+    if store is not None:
+        layers = feedback_layers(model)
+        writer = RunWriter(store, {"config": config.to_json()},
+                           {n: tuple(m.weight.shape) for n, m in layers.items()},
+                           rule == "fa", (), probe_variables(), overwrite=True)
+    trainer = Trainer(config, data, model, writer, progress=False)
+
+    def step(x, y):
+        return trainer.train_batch(x, y)["loss"]
+
+    return step, writer
+
+
+def time_steps(step, batches, n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        x, y = batches[i % len(batches)]
+        step(x, y)
+    return (time.perf_counter() - start) / n
+
+
+def timing(steps: int, rounds: int) -> None:
+    data = synthetic(BATCH * 10, N_IN)
+    batches = [(data.x_train[i:i + BATCH], data.y_train[i:i + BATCH])
+               for i in range(0, len(data.x_train), BATCH)]
+    tmp = Path(tempfile.mkdtemp(prefix="dynalign-bench-"))
+    variants = {"(a) torch nn.Linear, BP": plain_torch_stepper(data)}
+    variants["(b) dynalign BP, no probes"] = dynalign_stepper(data, "bp", 0, None)[0]
+    variants["(c) dynalign FA, no probes"] = dynalign_stepper(data, "fa", 0, None)[0]
+    variants["(d) FA, all probes every step + store"] = dynalign_stepper(data, "fa", 1, tmp / "d.zarr")[0]
+    variants["(e) FA, probes every 10 steps + store"] = dynalign_stepper(data, "fa", 10, tmp / "e.zarr")[0]
+    for step in variants.values():  # warm-up: first calls allocate and pick kernels
+        time_steps(step, batches, 5)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, step in variants.items():
+            samples[name].append(time_steps(step, batches, steps))
+    ref = statistics.median(samples["(a) torch nn.Linear, BP"])
+    print(f"step time, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
+          f"{torch.get_num_threads()} thread(s), median of {rounds} rounds x {steps} steps")
+    for name, values in samples.items():
+        med = statistics.median(values)
+        print(f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {med / ref:5.2f}")
+
+
+MEMORY_CHILD = """
+import resource, sys, torch
+sys.path.insert(0, {here!r})
+from step_time import dynalign_stepper, synthetic
+torch.set_num_threads(1)
+n_steps, store = int(sys.argv[1]), sys.argv[2]
+data = synthetic(1000, 256)
+step, writer = dynalign_stepper(data, "fa", 1, __import__("pathlib").Path(store))
+for i in range(n_steps):
+    j = (i % 10) * 100
+    step(data.x_train[j:j + 100], data.y_train[j:j + 100])
+writer.close("completed")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory(counts=(2000, 20000)) -> None:
+    here = str(Path(__file__).resolve().parent)
+    code = MEMORY_CHILD.format(here=here)
+    tmp = Path(tempfile.mkdtemp(prefix="dynalign-mem-"))
+    print(f"peak memory (max RSS), FA 3x{WIDTH} MLP on 256-d inputs, every probe every step, "
+          "snapshots every 100 steps")
+    peaks = {}
+    for n in counts:
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code, str(n), str(tmp / f"m{n}.zarr")],
+                             capture_output=True, text=True, check=True)
+        peaks[n] = int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB on Linux
+        print(f"  {n:>6} steps: {peaks[n]:8.1f} MiB   ({time.perf_counter() - start:.0f} s)")
+    a, b = counts
+    print(f"  difference {b} - {a} steps: {peaks[b] - peaks[a]:+.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    timing(args.steps, args.rounds)
+    if not args.skip_memory:
+        memory()
+
+
+if __name__ == "__main__":
+    main()
