@@ -544,9 +544,14 @@ def plot_loss(result: xr.Dataset) -> Figure | None:
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     steps = result["step"].values
-    for term in ("loss", "recon_loss", "sparsity_loss"):
-        if term in result:
-            ax.plot(steps, result[term].values, lw=1, label=term.replace("_", " "))
+    terms = [t for t in ("loss", "recon_loss", "sparsity_loss") if t in result]
+    for term in terms:
+        ax.plot(steps, result[term].values, lw=1, label=term.replace("_", " "))
+    values = np.concatenate([result[t].values for t in terms])
+    values = values[np.isfinite(values)]
+    # Terms orders of magnitude apart (a dominant sparsity penalty) share a log axis.
+    if values.size and values.min() > 0 and values.max() / values.min() > 100:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)

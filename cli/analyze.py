@@ -232,10 +232,10 @@ def analyze(stores, only, out, as_json, set_params) -> None:
                     "analyses": {k: summary_values(r) for k, r in results[name].items()},
                 }
             )
-        else:
+        elif modules or not only:  # --only compare: no per-run sections
             click.echo(f"== {path} ({tree.attrs.get('status', '?')}) ==")
             if not modules:
-                click.echo("no analysis applies" if not only else "nothing selected")
+                click.echo("no analysis applies to this run")
             for module in modules:
                 click.echo(module.table(results[name][module.NAME]))
                 click.echo()
