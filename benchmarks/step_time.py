@@ -42,8 +42,9 @@ def synthetic(n: int, n_in: int, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, n_in, generator=g)
     y = torch.randint(0, N_OUT, (n,), generator=g)
-    return Dataset("bench", x, y, x[:BATCH], y[:BATCH], N_OUT, (n_in,), "classification",
-                   "0" * 64, {})
+    return Dataset(
+        "bench", x, y, x[:BATCH], y[:BATCH], N_OUT, (n_in,), "classification", "0" * 64, {}
+    )
 
 
 def plain_torch_stepper(data: Dataset, lr: float = 0.01):
@@ -67,19 +68,31 @@ def plain_torch_stepper(data: Dataset, lr: float = 0.01):
 
 
 def dynalign_stepper(data: Dataset, rule: str, probe_every: int, store: Path | None):
-    config = build_config(overrides={
-        "model.depth": DEPTH, "model.width": WIDTH, "rule.name": rule, "data.name": "synthetic",
-        "probes.every": probe_every, "probes.snapshot_every": 100,
-    })
+    config = build_config(
+        overrides={
+            "model.depth": DEPTH,
+            "model.width": WIDTH,
+            "rule.name": rule,
+            "data.name": "synthetic",
+            "probes.every": probe_every,
+            "probes.snapshot_every": 100,
+        }
+    )
     torch.manual_seed(0)
     model = build(config, data.input_shape, N_OUT, torch.Generator().manual_seed(1))
     attach_rule(model, make_rule(rule), torch.Generator().manual_seed(2))
     writer = None
     if store is not None:
         layers = feedback_layers(model)
-        writer = RunWriter(store, {"config": config.to_json()},
-                           {n: tuple(m.weight.shape) for n, m in layers.items()},
-                           rule == "fa", (), probe_variables(), overwrite=True)
+        writer = RunWriter(
+            store,
+            {"config": config.to_json()},
+            {n: tuple(m.weight.shape) for n, m in layers.items()},
+            rule == "fa",
+            (),
+            probe_variables(),
+            overwrite=True,
+        )
     trainer = Trainer(config, data, model, writer, progress=False)
 
     def step(x, y):
@@ -98,14 +111,20 @@ def time_steps(step, batches, n: int) -> float:
 
 def timing(steps: int, rounds: int) -> None:
     data = synthetic(BATCH * 10, N_IN)
-    batches = [(data.x_train[i:i + BATCH], data.y_train[i:i + BATCH])
-               for i in range(0, len(data.x_train), BATCH)]
+    batches = [
+        (data.x_train[i : i + BATCH], data.y_train[i : i + BATCH])
+        for i in range(0, len(data.x_train), BATCH)
+    ]
     tmp = Path(tempfile.mkdtemp(prefix="dynalign-bench-"))
     variants = {"(a) torch nn.Linear, BP": plain_torch_stepper(data)}
     variants["(b) dynalign BP, no probes"] = dynalign_stepper(data, "bp", 0, None)[0]
     variants["(c) dynalign FA, no probes"] = dynalign_stepper(data, "fa", 0, None)[0]
-    variants["(d) FA, all probes every step + store"] = dynalign_stepper(data, "fa", 1, tmp / "d.zarr")[0]
-    variants["(e) FA, probes every 10 steps + store"] = dynalign_stepper(data, "fa", 10, tmp / "e.zarr")[0]
+    variants["(d) FA, all probes every step + store"] = dynalign_stepper(
+        data, "fa", 1, tmp / "d.zarr"
+    )[0]
+    variants["(e) FA, probes every 10 steps + store"] = dynalign_stepper(
+        data, "fa", 10, tmp / "e.zarr"
+    )[0]
     for step in variants.values():  # warm-up: first calls allocate and pick kernels
         time_steps(step, batches, 5)
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -113,8 +132,10 @@ def timing(steps: int, rounds: int) -> None:
         for name, step in variants.items():
             samples[name].append(time_steps(step, batches, steps))
     ref = statistics.median(samples["(a) torch nn.Linear, BP"])
-    print(f"step time, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
-          f"{torch.get_num_threads()} thread(s), median of {rounds} rounds x {steps} steps")
+    print(
+        f"step time, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
+        f"{torch.get_num_threads()} thread(s), median of {rounds} rounds x {steps} steps"
+    )
     for name, values in samples.items():
         med = statistics.median(values)
         print(f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {med / ref:5.2f}")
@@ -140,13 +161,19 @@ def memory(counts=(2000, 20000)) -> None:
     here = str(Path(__file__).resolve().parent)
     code = MEMORY_CHILD.format(here=here)
     tmp = Path(tempfile.mkdtemp(prefix="dynalign-mem-"))
-    print(f"peak memory (max RSS), FA 3x{WIDTH} MLP on 256-d inputs, every probe every step, "
-          "snapshots every 100 steps")
+    print(
+        f"peak memory (max RSS), FA 3x{WIDTH} MLP on 256-d inputs, every probe every step, "
+        "snapshots every 100 steps"
+    )
     peaks = {}
     for n in counts:
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code, str(n), str(tmp / f"m{n}.zarr")],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(n), str(tmp / f"m{n}.zarr")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[n] = int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB on Linux
         print(f"  {n:>6} steps: {peaks[n]:8.1f} MiB   ({time.perf_counter() - start:.0f} s)")
     a, b = counts

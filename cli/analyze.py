@@ -251,7 +251,12 @@ def analyze(stores, only, out, as_json, set_params) -> None:
     if as_json:
         click.echo(json.dumps(report_json, indent=2, allow_nan=False))
     if out:
-        written = save_results(results, compared, out)
+        try:
+            written = save_results(results, compared, out)
+        except OSError as err:
+            raise InputError(
+                f"--out {out}: cannot write the results: {err.strerror or err}"
+            ) from None
         click.echo(f"saved {len(written)} result file(s): {', '.join(map(str, written))}", err=True)
 
 
@@ -275,4 +280,6 @@ def report(stores, out, pdf, quiet) -> None:
         path = write_report(trees, out, pdf=pdf, progress=not quiet)
     except AnalysisError as err:
         raise InputError(str(err)) from None
+    except OSError as err:
+        raise InputError(f"cannot write the report {out}: {err.strerror or err}") from None
     click.echo(f"wrote {path}" + (f" and {path.with_suffix('.pdf')}" if pdf else ""))

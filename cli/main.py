@@ -8,14 +8,27 @@ import sys
 
 import click
 
-from dynalign.config import ConfigError, build_config, parse_assignments, preset_description, preset_names
+from dynalign.config import (
+    ConfigError,
+    build_config,
+    parse_assignments,
+    preset_description,
+    preset_names,
+)
 from dynalign.store import StoreError
 
 # flag -> config key, for the keys researchers change most
 FLAGS = {
-    "rule": "rule.name", "depth": "model.depth", "width": "model.width",
-    "dataset": "data.name", "epochs": "train.epochs", "lr": "train.lr", "seed": "train.seed",
-    "batch_size": "train.batch_size", "model": "model.kind", "device": "train.device",
+    "rule": "rule.name",
+    "depth": "model.depth",
+    "width": "model.width",
+    "dataset": "data.name",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "batch_size": "train.batch_size",
+    "model": "model.kind",
+    "device": "train.device",
     "data_dir": "data.data_dir",
 }
 
@@ -34,22 +47,35 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--preset", help="start from a named preset (see `dynalign presets`)")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="TOML file with [model], [rule], [data], [train], [probes] sections")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="override one config key, e.g. --set train.momentum=0.5 (repeatable)")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file with [model], [rule], [data], [train], [probes] sections",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override one config key, e.g. --set train.momentum=0.5 (repeatable)",
+)
 @click.option("--rule", type=str, help="learning rule: bp or fa")
 @click.option("--model", type=str, help="model kind: mlp, convnet, rnn, autoencoder")
 @click.option("--depth", type=str, help="hidden layers of the MLP")
 @click.option("--width", type=str, help="hidden units per layer")
-@click.option("--dataset", type=str, help="digits, mnist, fashion-mnist, cifar10, synthetic, patches, text")
+@click.option(
+    "--dataset", type=str, help="digits, mnist, fashion-mnist, cifar10, synthetic, patches, text"
+)
 @click.option("--data-dir", type=str, help="directory holding the dataset's files")
 @click.option("--epochs", type=str)
 @click.option("--lr", type=str, help="learning rate")
 @click.option("--batch-size", type=str)
 @click.option("--seed", type=str)
 @click.option("--device", type=str, help="cpu (default) or cuda")
-@click.option("--out", type=click.Path(), help="store to write (default runs/<preset or rule>.zarr)")
+@click.option(
+    "--out", type=click.Path(), help="store to write (default runs/<preset or rule>.zarr)"
+)
 @click.option("--overwrite", is_flag=True, help="replace an existing store at --out")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def record(preset, config_file, assignments, out, overwrite, quiet, **flags) -> None:
@@ -111,23 +137,37 @@ def inspect(store, as_json) -> None:
     config = json.loads(attrs.get("config", "{}"))
     steps = tree["steps"].sizes.get("step", 0)
     epochs = tree["epochs"].ds
-    final = {k: float(epochs[k][-1]) for k in ("train_loss", "train_accuracy", "val_loss",
-                                                "val_accuracy") if epochs.sizes.get("epoch", 0)}
+    final = {
+        k: float(epochs[k][-1])
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+        if epochs.sizes.get("epoch", 0)
+    }
     info = {
-        "path": str(store), "status": attrs.get("status"), "message": attrs.get("message", ""),
-        "created": attrs.get("created"), "dynalign_version": attrs.get("dynalign_version"),
-        "steps": int(steps), "epochs": int(epochs.sizes.get("epoch", 0)),
-        "layers": list(attrs.get("layers", [])), "dataset": attrs.get("dataset"),
-        "final": final, "config": config,
+        "path": str(store),
+        "status": attrs.get("status"),
+        "message": attrs.get("message", ""),
+        "created": attrs.get("created"),
+        "dynalign_version": attrs.get("dynalign_version"),
+        "steps": int(steps),
+        "epochs": int(epochs.sizes.get("epoch", 0)),
+        "layers": list(attrs.get("layers", [])),
+        "dataset": attrs.get("dataset"),
+        "final": final,
+        "config": config,
     }
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
-    click.echo(f"{store}\n  status:   {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+    click.echo(
+        f"{store}\n  status:   {info['status']}"
+        + (f" ({info['message']})" if info["message"] else "")
+    )
     click.echo(f"  created:  {info['created']}  (dynalign {info['dynalign_version']})")
     ds = info["dataset"] or {}
-    click.echo(f"  data:     {ds.get('name')}  train {ds.get('n_train')}  val {ds.get('n_val')}"
-               f"  sha256 {str(ds.get('sha256', ''))[:12]}")
+    click.echo(
+        f"  data:     {ds.get('name')}  train {ds.get('n_train')}  val {ds.get('n_val')}"
+        f"  sha256 {str(ds.get('sha256', ''))[:12]}"
+    )
     click.echo(f"  steps:    {info['steps']}   epochs: {info['epochs']}")
     click.echo(f"  layers:   {', '.join(info['layers'])}")
     for section, values in config.items():

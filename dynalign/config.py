@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 class ConfigError(ValueError):
@@ -112,16 +113,38 @@ CHOICES = {
     "data.scaling": ("zscore", "unit", "none"),
 }
 POSITIVE = {
-    "model.depth", "model.width", "model.kernel_size", "model.code_size", "data.n_val",
-    "data.seq_len", "data.patch_size", "data.n_inputs", "data.n_classes", "train.epochs",
-    "train.batch_size", "train.lr", "data.n_train", "train.grad_clip", "probes.n_probe_inputs",
+    "model.depth",
+    "model.width",
+    "model.kernel_size",
+    "model.code_size",
+    "data.n_val",
+    "data.seq_len",
+    "data.patch_size",
+    "data.n_inputs",
+    "data.n_classes",
+    "train.epochs",
+    "train.batch_size",
+    "train.lr",
+    "data.n_train",
+    "train.grad_clip",
+    "probes.n_probe_inputs",
 }
 NON_NEGATIVE = {
-    "model.bn_momentum", "rule.scale", "train.momentum", "train.weight_decay", "train.seed",
-    "probes.every", "probes.snapshot_every", "probes.reconstruction_every",
+    "model.bn_momentum",
+    "rule.scale",
+    "train.momentum",
+    "train.weight_decay",
+    "train.seed",
+    "probes.every",
+    "probes.snapshot_every",
+    "probes.reconstruction_every",
 }
-FRACTIONS = {"model.excitatory_fraction", "constraint.excitatory_fraction",
-             "model.sparsity_target", "model.bn_momentum"}
+FRACTIONS = {
+    "model.excitatory_fraction",
+    "constraint.excitatory_fraction",
+    "model.sparsity_target",
+    "model.bn_momentum",
+}
 
 
 def _sections() -> dict[str, type]:
@@ -179,7 +202,8 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
 def _validate(key: str, value: Any) -> None:
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(
-            f"{key}={value!r} is not one of: {', '.join(CHOICES[key])}{_suggest(str(value), list(CHOICES[key]))}"
+            f"{key}={value!r} is not one of: {', '.join(CHOICES[key])}"
+            + _suggest(str(value), list(CHOICES[key]))
         )
     if value is None:
         return
@@ -190,7 +214,9 @@ def _validate(key: str, value: Any) -> None:
     if key in FRACTIONS and not 0 <= value <= 1:
         raise ConfigError(f"{key}={value!r} must lie between 0 and 1")
     if key == "model.channels" and (not value or min(value) <= 0):
-        raise ConfigError(f"{key}={value!r} needs one or more positive channel counts, e.g. [16, 32]")
+        raise ConfigError(
+            f"{key}={value!r} needs one or more positive channel counts, e.g. [16, 32]"
+        )
 
 
 def apply(config: Config, updates: dict[str, Any]) -> Config:
@@ -234,7 +260,9 @@ def parse_assignments(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r} must look like section.key=value, e.g. train.lr=0.05")
+            raise ConfigError(
+                f"--set {pair!r} must look like section.key=value, e.g. train.lr=0.05"
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -268,7 +296,9 @@ def preset_description(name: str) -> str:
 def load_preset(name: str) -> dict[str, Any]:
     names = preset_names()
     if name not in names:
-        raise ConfigError(f"unknown preset {name!r}{_suggest(name, names)}; `dynalign presets` lists them")
+        raise ConfigError(
+            f"unknown preset {name!r}{_suggest(name, names)}; `dynalign presets` lists them"
+        )
     path = resources.files("dynalign") / "presets" / f"{name}.toml"
     with path.open("rb") as fh:
         data = tomllib.load(fh)
@@ -297,7 +327,9 @@ def check_consistency(config: Config) -> None:
     """Combinations of otherwise valid values that cannot run together."""
     m = config.model
     if m.kind == "rnn" and m.batch_norm != "none":
-        raise ConfigError("model.batch_norm is not available for rnn models; set model.batch_norm=none")
+        raise ConfigError(
+            "model.batch_norm is not available for rnn models; set model.batch_norm=none"
+        )
     if m.kind == "autoencoder" and config.data.name == "text":
         raise ConfigError("an autoencoder needs image data; set data.name=patches or digits")
     if config.data.name == "text" and m.kind != "rnn":

@@ -46,9 +46,10 @@ def backward_matrix(weight: torch.Tensor, feedback: torch.Tensor | None) -> torc
 
 class _LinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback):
+    def forward(ctx, x, weight, bias, feedback, layer):
         ctx.save_for_backward(x, weight, feedback)
         ctx.has_bias = bias is not None
+        ctx.layer = layer
         out = x @ weight.t()
         return out + bias if bias is not None else out
 
@@ -58,19 +59,22 @@ class _LinearFn(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_out @ backward_matrix(weight, feedback)
-        if ctx.needs_input_grad[1]:
+        # a probe that only needs the true error signal switches the weight gradient off
+        want_w = ctx.layer.exact_weight_grad or not exact_mode()
+        if ctx.needs_input_grad[1] and want_w:
             grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.has_bias and ctx.needs_input_grad[2] and want_w:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class FeedbackLayer(nn.Module):
     """Base of every layer whose backward pass a learning rule controls.
 
-    Subclasses define ``weight`` (a Parameter) and call ``self._capture(out)`` on their
-    pre-activation output so that probes can compare the error signal arriving there under
-    the rule and under BP (the delta angle).
+    Subclasses define ``weight`` (a Parameter) and call ``self._capture(out, x)`` on their
+    pre-activation output (and input) so that probes can compare the error signal arriving
+    there under the rule and under BP (the delta angle), and rebuild weight gradients from
+    error and input where that is cheaper than asking autograd for them.
     """
 
     feedback: torch.Tensor | None
@@ -80,6 +84,8 @@ class FeedbackLayer(nn.Module):
         self.register_buffer("feedback", None)
         self.capturing = False
         self.captured: list[torch.Tensor] = []
+        self.captured_inputs: list[torch.Tensor] = []
+        self.exact_weight_grad = True  # False: exact_gradients() passes skip this weight's grad
 
     def fan_in(self) -> int:
         return self.weight[0].numel()
@@ -88,10 +94,18 @@ class FeedbackLayer(nn.Module):
         """Half-width of the uniform distribution the forward weights were drawn from."""
         return 1.0 / math.sqrt(self.fan_in())
 
-    def _capture(self, out: torch.Tensor) -> torch.Tensor:
+    def _capture(self, out: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.capturing:
             self.captured.append(out)
+            if x is not None:
+                self.captured_inputs.append(x)
         return out
+
+    def release_captured(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Stop capturing and hand over what was captured (outputs, inputs)."""
+        outs, ins = self.captured, self.captured_inputs
+        self.capturing, self.captured, self.captured_inputs = False, [], []
+        return outs, ins
 
 
 class Linear(FeedbackLayer):
@@ -112,8 +126,8 @@ class Linear(FeedbackLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.feedback is None and not torch.is_grad_enabled():
-            return self._capture(F.linear(x, self.weight, self.bias))
-        return self._capture(_LinearFn.apply(x, self.weight, self.bias, self.feedback))
+            return self._capture(F.linear(x, self.weight, self.bias), x)
+        return self._capture(_LinearFn.apply(x, self.weight, self.bias, self.feedback, self), x)
 
     def extra_repr(self) -> str:
         rule = "bp" if self.feedback is None else "feedback"

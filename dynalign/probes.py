@@ -26,12 +26,44 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     a, b = a.reshape(-1), b.reshape(-1)
     ab, aa, bb = (torch.dot(a, b).double(), torch.dot(a, a).double(), torch.dot(b, b).double())
-    if aa == 0 or bb == 0:
-        return torch.tensor(math.nan, dtype=torch.float64, device=a.device)
-    cos = (ab / torch.sqrt(aa * bb)).clamp(-1, 1)
-    if cos > 1 - 1e-6 and (a is b or torch.equal(a, b)):
+    if ab * ab > (1 - 1e-12) * aa * bb and ab > 0 and (a is b or torch.equal(a, b)):
         return torch.zeros((), dtype=torch.float64, device=a.device)
+    return _angle_from_products(ab, aa, bb)
+
+
+def _angle_from_products(ab: torch.Tensor, aa: torch.Tensor, bb: torch.Tensor) -> torch.Tensor:
+    """Degrees from ⟨a,b⟩, |a|², |b|² (float64); NaN when either vector is zero."""
+    if aa == 0 or bb == 0:
+        return torch.tensor(math.nan, dtype=torch.float64, device=ab.device)
+    cos = (ab / torch.sqrt(aa * bb)).clamp(-1, 1)
     return torch.atan2(torch.sqrt(1 - cos * cos), cos) * (180 / math.pi)
+
+
+def gram_is_cheaper(x: torch.Tensor, delta: torch.Tensor) -> bool:
+    """Is the Gram form of ⟨G_rule, G_bp⟩ cheaper than forming G_bp = δᵀx (R rows)?"""
+    rows, n_in, n_out = x.shape[0], x.shape[1], delta.shape[1]
+    return delta.shape[0] == rows and rows * (n_in + n_out) < n_in * n_out
+
+
+def update_angle(rule_grad: torch.Tensor, bp_grad: torch.Tensor | None, x: torch.Tensor | None,
+                 rule_delta: torch.Tensor, bp_delta: torch.Tensor) -> torch.Tensor:
+    """Angle between the rule's weight gradient and the true one, in degrees.
+
+    A Linear layer's gradient is G = δᵀx over the rows of a batch, so inner products of two
+    such gradients need only the R×R Gram matrices: ⟨δ₁ᵀx, δ₂ᵀx⟩ = Σ (x xᵀ) ⊙ (δ₁ δ₂ᵀ).
+    With few rows this is much cheaper than forming the true gradient, which the BP pass then
+    skips (``bp_grad is None``).
+    """
+    if bp_grad is not None:
+        return angle(rule_grad, bp_grad)
+    if torch.equal(rule_delta, bp_delta):  # same error, same input: the same gradient
+        return torch.zeros((), dtype=torch.float64, device=rule_grad.device)
+    x = x.double()
+    gram = x @ x.T
+    rb = (gram * (rule_delta.double() @ bp_delta.double().T)).sum()
+    bb = (gram * (bp_delta.double() @ bp_delta.double().T)).sum()
+    rr = torch.dot(rule_grad.reshape(-1), rule_grad.reshape(-1)).double()
+    return _angle_from_products(rb, rr, bb)
 
 
 @dataclass
@@ -43,9 +75,10 @@ class StepContext:
     weights_after: list[torch.Tensor]
     feedback: list[torch.Tensor | None]
     rule_grads: list[torch.Tensor]
-    bp_grads: list[torch.Tensor]
-    rule_deltas: list[torch.Tensor]
+    bp_grads: list[torch.Tensor | None]  # None: not formed, see ``update_angle``
+    rule_deltas: list[torch.Tensor]  # error at the layer's output, one row per sample
     bp_deltas: list[torch.Tensor]
+    inputs: list[torch.Tensor | None]  # the layer's input rows (Linear layers)
     attempted: list[torch.Tensor | int]
 
 
@@ -59,10 +92,18 @@ class Probe:
 
 class AngleProbe(Probe):
     variables = (
-        Variable("update_angle", True, "degree",
-                 "angle between the rule's weight update and the backprop gradient"),
-        Variable("delta_angle", True, "degree",
-                 "angle between the error at the layer's output under the rule and under backprop"),
+        Variable(
+            "update_angle",
+            True,
+            "degree",
+            "angle between the rule's weight update and the backprop gradient",
+        ),
+        Variable(
+            "delta_angle",
+            True,
+            "degree",
+            "angle between the error at the layer's output under the rule and under backprop",
+        ),
         Variable("feedback_angle", True, "degree", "angle between forward weight W and feedback B"),
     )
 
@@ -70,7 +111,8 @@ class AngleProbe(Probe):
         w = ctx.weights_after[i]
         b = ctx.feedback[i]
         return [
-            angle(ctx.rule_grads[i], ctx.bp_grads[i]),
+            update_angle(ctx.rule_grads[i], ctx.bp_grads[i], ctx.inputs[i], ctx.rule_deltas[i],
+                         ctx.bp_deltas[i]),
             angle(ctx.rule_deltas[i], ctx.bp_deltas[i]),
             angle(w, w if b is None else b),
         ]
@@ -90,8 +132,12 @@ class NormProbe(Probe):
 class SignProbe(Probe):
     variables = (
         Variable("sign_flips", True, "count", "weights whose sign changed in the step"),
-        Variable("attempted_flips", True, "count",
-                 "weights a sign constraint stopped at zero in the step"),
+        Variable(
+            "attempted_flips",
+            True,
+            "count",
+            "weights a sign constraint stopped at zero in the step",
+        ),
         Variable("zeroed_fraction", True, "1", "fraction of weights exactly zero after the step"),
     )
 

@@ -74,8 +74,9 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(sig, previous)
 
 
-def record(config: Config, out: str | Path, overwrite: bool = False,
-           progress: bool = True) -> RunResult:
+def record(
+    config: Config, out: str | Path, overwrite: bool = False, progress: bool = True
+) -> RunResult:
     """Train as ``config`` says and write the whole trajectory to the store at ``out``."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -97,12 +98,21 @@ def record(config: Config, out: str | Path, overwrite: bool = False,
 
     image_shape = None
     if hasattr(model, "reconstruct"):
-        image_shape = tuple(data.input_shape[-2:]) if len(data.input_shape) >= 2 else data.input_shape
+        image_shape = (
+            tuple(data.input_shape[-2:]) if len(data.input_shape) >= 2 else data.input_shape
+        )
     n_probe = min(config.probes.n_probe_inputs, len(data.x_val))
-    writer = RunWriter(out, attrs, {n: tuple(l.weight.shape) for n, l in layers.items()},
-                       has_feedback, tuple(getattr(model, "loss_term_names", ())),
-                       probe_variables(), image_shape=image_shape, n_probe=n_probe,
-                       overwrite=overwrite)
+    writer = RunWriter(
+        out,
+        attrs,
+        {n: tuple(layer.weight.shape) for n, layer in layers.items()},
+        has_feedback,
+        tuple(getattr(model, "loss_term_names", ())),
+        probe_variables(),
+        image_shape=image_shape,
+        n_probe=n_probe,
+        overwrite=overwrite,
+    )
     _write_static(writer, model, constraint, data, n_probe, image_shape is not None)
     trainer = Trainer(config, data, model, writer, constraint, progress)
     try:
@@ -112,8 +122,9 @@ def record(config: Config, out: str | Path, overwrite: bool = False,
         writer.close("failed", f"{type(err).__name__}: {err}")
         raise
     final = {k: float(v) for k, v in result.final.items()}
-    writer.close(result.status, result.message, steps=result.steps, epochs=result.epochs,
-                 final=final)
+    writer.close(
+        result.status, result.message, steps=result.steps, epochs=result.epochs, final=final
+    )
     return result
 
 
@@ -121,15 +132,33 @@ def _write_static(writer: RunWriter, model, constraint, data, n_probe: int, auto
     """Arrays fixed for the whole run: probe inputs, Dale's-law signs, Mixed-ReLU unit signs."""
     if autoencoder:
         x = data.x_val[:n_probe].reshape(n_probe, -1).numpy().astype(np.float32)
-        writer.write_static("reconstructions", "input", x, ("probe", "pixel"), "1",
-                            "probe inputs (first validation samples)")
+        writer.write_static(
+            "reconstructions",
+            "input",
+            x,
+            ("probe", "pixel"),
+            "1",
+            "probe inputs (first validation samples)",
+        )
     if constraint is not None:
         for name, sign in constraint.signs.items():
             dims = ("out", "in", "kh", "kw")[: sign.dim()]
-            writer.write_static(f"snapshots/{name}", "sign", sign.cpu().numpy().astype(np.int8),
-                                dims, "1", "fixed sign of each weight (Dale's law)")
+            writer.write_static(
+                f"snapshots/{name}",
+                "sign",
+                sign.cpu().numpy().astype(np.int8),
+                dims,
+                "1",
+                "fixed sign of each weight (Dale's law)",
+            )
     for name, module in model.named_modules():
         sign = getattr(module, "sign", None)
         if isinstance(sign, torch.Tensor) and module is not model and sign.dim() == 1:
-            writer.write_static("units", name, sign.cpu().numpy().astype(np.int8),
-                                (f"{name}_unit",), "1", "fixed sign of each Mixed-ReLU unit")
+            writer.write_static(
+                "units",
+                name,
+                sign.cpu().numpy().astype(np.int8),
+                (f"{name}_unit",),
+                "1",
+                "fixed sign of each Mixed-ReLU unit",
+            )

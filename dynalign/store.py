@@ -67,8 +67,13 @@ class _Appender:
         self.buffers: dict[str, np.ndarray] = {}
         for name, (trailing, dtype, dims, attrs) in columns.items():
             self.arrays[name] = group.create_array(
-                name, shape=(0, *trailing), chunks=(chunk, *trailing), dtype=dtype,
-                fill_value=_fill(dtype), dimension_names=(dim, *dims), attributes=attrs,
+                name,
+                shape=(0, *trailing),
+                chunks=(chunk, *trailing),
+                dtype=dtype,
+                fill_value=_fill(dtype),
+                dimension_names=(dim, *dims),
+                attributes=attrs,
             )
             self.buffers[name] = np.full((chunk, *trailing), _fill(dtype), dtype=dtype)
 
@@ -86,7 +91,7 @@ class _Appender:
         for name, arr in self.arrays.items():
             buf = self.buffers[name]
             arr.resize((end, *arr.shape[1:]))
-            arr[self.n:end] = buf[: self.filled]
+            arr[self.n : end] = buf[: self.filled]
             buf.fill(_fill(str(buf.dtype)))
         self.n, self.filled = end, 0
 
@@ -94,37 +99,63 @@ class _Appender:
 class RunWriter:
     """Writes one run. Create it, append rows as the run goes, then ``close(status)``."""
 
-    def __init__(self, path: str | Path, attrs: dict[str, Any], layers: dict[str, tuple[int, ...]],
-                 has_feedback: bool, extra_step_terms: tuple[str, ...] = (),
-                 step_variables: tuple[Variable, ...] = (), chunk: int = 512,
-                 image_shape: tuple[int, ...] | None = None, n_probe: int = 0,
-                 overwrite: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        attrs: dict[str, Any],
+        layers: dict[str, tuple[int, ...]],
+        has_feedback: bool,
+        extra_step_terms: tuple[str, ...] = (),
+        step_variables: tuple[Variable, ...] = (),
+        chunk: int = 512,
+        image_shape: tuple[int, ...] | None = None,
+        n_probe: int = 0,
+        overwrite: bool = False,
+    ):
         self.path = Path(path)
         if self.path.exists():
             if not overwrite:
-                raise StoreError(f"{self.path} already exists; choose another --out or pass --overwrite")
+                raise StoreError(
+                    f"{self.path} already exists; choose another --out or pass --overwrite"
+                )
             shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
         self.layers = list(layers)
         self.root = zarr.open_group(str(self.path), mode="w", zarr_format=3)
-        self.root.attrs.update({
-            "schema_version": SCHEMA_VERSION, "status": "running",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "layers": self.layers, **attrs,
-        })
+        self.root.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "status": "running",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "layers": self.layers,
+                **attrs,
+            }
+        )
         n_layers = len(self.layers)
 
         steps = self.root.create_group("steps")
-        names = steps.create_array("layer", shape=(n_layers,), dtype=str, dimension_names=("layer",),
-                                   attributes={"long_name": "layer (module path)", "units": "1"})
+        names = steps.create_array(
+            "layer",
+            shape=(n_layers,),
+            dtype=str,
+            dimension_names=("layer",),
+            attributes={"long_name": "layer (module path)", "units": "1"},
+        )
         names[:] = np.array(self.layers, dtype=object)
-        columns = {"step": ((), "int64", (), {"units": "1", "long_name": "optimiser step (1-based)"})}
+        columns = {
+            "step": ((), "int64", (), {"units": "1", "long_name": "optimiser step (1-based)"})
+        }
         for v in STEP_SCALARS:
             columns[v.name] = ((), v.dtype, (), {"units": v.units, "long_name": v.long_name})
         for term in extra_step_terms:
             columns[term] = ((), "float32", (), {"units": "1", "long_name": term.replace("_", " ")})
         for v in step_variables:
             trailing, dims = ((n_layers,), ("layer",)) if v.per_layer else ((), ())
-            columns[v.name] = (trailing, v.dtype, dims, {"units": v.units, "long_name": v.long_name})
+            columns[v.name] = (
+                trailing,
+                v.dtype,
+                dims,
+                {"units": v.units, "long_name": v.long_name},
+            )
         self.steps = _Appender(steps, "step", columns, chunk)
 
         epochs = self.root.create_group("epochs")
@@ -138,11 +169,21 @@ class RunWriter:
         for name, shape in layers.items():
             dims = ("out", "in", "kh", "kw")[: len(shape)]
             cols = {
-                "snapshot_step": ((), "int64", (), {"units": "1", "long_name": "step the snapshot was taken after (0: initial)"}),
+                "snapshot_step": (
+                    (),
+                    "int64",
+                    (),
+                    {"units": "1", "long_name": "step the snapshot was taken after (0: initial)"},
+                ),
                 "weight": (shape, "float32", dims, {"units": "1", "long_name": "forward weight W"}),
             }
             if has_feedback:
-                cols["feedback"] = (shape, "float32", dims, {"units": "1", "long_name": "feedback weight B"})
+                cols["feedback"] = (
+                    shape,
+                    "float32",
+                    dims,
+                    {"units": "1", "long_name": "feedback weight B"},
+                )
             self.snapshots[name] = _Appender(snaps.create_group(name), "snapshot", cols, 1)
 
         self.reconstructions = None
@@ -151,11 +192,25 @@ class RunWriter:
             rec.attrs["image_shape"] = list(image_shape)
             n_pix = int(np.prod(image_shape))
             self._rec_group = rec
-            self.reconstructions = _Appender(rec, "snapshot", {
-                "snapshot_step": ((), "int64", (), {"units": "1", "long_name": "step of the reconstruction"}),
-                "reconstruction": ((n_probe, n_pix), "float32", ("probe", "pixel"),
-                                   {"units": "1", "long_name": "reconstruction of the probe inputs"}),
-            }, 1)
+            self.reconstructions = _Appender(
+                rec,
+                "snapshot",
+                {
+                    "snapshot_step": (
+                        (),
+                        "int64",
+                        (),
+                        {"units": "1", "long_name": "step of the reconstruction"},
+                    ),
+                    "reconstruction": (
+                        (n_probe, n_pix),
+                        "float32",
+                        ("probe", "pixel"),
+                        {"units": "1", "long_name": "reconstruction of the probe inputs"},
+                    ),
+                },
+                1,
+            )
 
     # -- rows ---------------------------------------------------------------------------------
     def append_step(self, values: dict[str, Any]) -> None:
@@ -169,8 +224,12 @@ class RunWriter:
             self.epochs.buffers[name][i] = value
         self.epochs.flush()  # epochs are few: write each at once so a killed run keeps them
 
-    def snapshot(self, step: int, weights: dict[str, np.ndarray],
-                 feedback: dict[str, np.ndarray] | None = None) -> None:
+    def snapshot(
+        self,
+        step: int,
+        weights: dict[str, np.ndarray],
+        feedback: dict[str, np.ndarray] | None = None,
+    ) -> None:
         for name, app in self.snapshots.items():
             i = app.row()
             app.buffers["snapshot_step"][i] = step
@@ -186,12 +245,24 @@ class RunWriter:
         app.buffers["reconstruction"][i] = values
         app.flush()
 
-    def write_static(self, group: str, name: str, values: np.ndarray, dims: tuple[str, ...],
-                     units: str, long_name: str) -> None:
+    def write_static(
+        self,
+        group: str,
+        name: str,
+        values: np.ndarray,
+        dims: tuple[str, ...],
+        units: str,
+        long_name: str,
+    ) -> None:
         """A fixed array written once (probe inputs, constraint signs, unit signs)."""
         g = self.root.require_group(group)
-        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
-                             attributes={"units": units, "long_name": long_name})
+        arr = g.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            dimension_names=dims,
+            attributes={"units": units, "long_name": long_name},
+        )
         arr[...] = values
 
     def close(self, status: str, message: str = "", **attrs: Any) -> None:
@@ -205,23 +276,32 @@ def open_run(path: str | Path) -> xr.DataTree:
     """Open a run store lazily as an ``xarray.DataTree`` after checking that it is one."""
     path = Path(path)
     if not path.exists():
-        raise StoreError(f"{path} does not exist; give the path of a run store written by `dynalign record`")
+        raise StoreError(
+            f"{path} does not exist; give the path of a run store written by `dynalign record`"
+        )
     try:
         group = zarr.open_group(str(path), mode="r")
         attrs = dict(group.attrs)
     except Exception as err:  # zarr raises several types for foreign or damaged directories
-        raise StoreError(f"{path} is not a readable zarr store ({type(err).__name__}: {err})") from None
+        raise StoreError(
+            f"{path} is not a readable zarr store ({type(err).__name__}: {err})"
+        ) from None
     if "schema_version" not in attrs:
-        raise StoreError(f"{path} is a zarr store but not a dynalign run (no schema_version attribute)")
+        raise StoreError(
+            f"{path} is a zarr store but not a dynalign run (no schema_version attribute)"
+        )
     if attrs["schema_version"] != SCHEMA_VERSION:
         raise StoreError(
             f"{path} has schema version {attrs['schema_version']}; this dynalign reads version "
-            f"{SCHEMA_VERSION}: open it with the dynalign version that wrote it ({attrs.get('dynalign_version')})"
+            f"{SCHEMA_VERSION}: open it with the dynalign version that wrote it "
+            f"({attrs.get('dynalign_version')})"
         )
     try:
         return xr.open_datatree(str(path), engine="zarr", consolidated=False)
     except Exception as err:
-        raise StoreError(f"{path} is damaged and cannot be opened ({type(err).__name__}: {err})") from None
+        raise StoreError(
+            f"{path} is damaged and cannot be opened ({type(err).__name__}: {err})"
+        ) from None
 
 
 def run_config(tree: xr.DataTree) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from .constraints import SignConstraint
 from .data import Dataset
 from .feedback import exact_gradients, feedback_layers
 from .models import Network
-from .probes import StepContext, run_probes
+from .probes import StepContext, gram_is_cheaper, run_probes
 from .store import RunWriter
 
 
@@ -43,13 +43,21 @@ def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimi
     t = config.train
     if t.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                           weight_decay=t.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+    )
 
 
 class Trainer:
-    def __init__(self, config: Config, data: Dataset, model: Network, writer: RunWriter | None,
-                 constraint: SignConstraint | None = None, progress: bool = True):
+    def __init__(
+        self,
+        config: Config,
+        data: Dataset,
+        model: Network,
+        writer: RunWriter | None,
+        constraint: SignConstraint | None = None,
+        progress: bool = True,
+    ):
         self.config, self.data, self.model, self.writer = config, data, model, writer
         self.constraint = constraint
         self.device = torch.device(config.train.device)
@@ -65,17 +73,20 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
         self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
         n_probe = config.probes.n_probe_inputs
-        self.probe_inputs = data.x_val[:n_probe].to(self.device) if hasattr(model, "reconstruct") else None
+        self.probe_inputs = (
+            data.x_val[:n_probe].to(self.device) if hasattr(model, "reconstruct") else None
+        )
 
     # -- recording helpers -------------------------------------------------------------------
     def _snapshot(self) -> None:
         if self.writer is None:
             return
         self.last_snapshot = self.step
-        weights = {n: l.weight.detach().cpu().numpy() for n, l in self.layers.items()}
+        layers = self.layers.items()
+        weights = {n: layer.weight.detach().cpu().numpy() for n, layer in layers}
         feedback = None
-        if any(l.feedback is not None for l in self.layers.values()):
-            feedback = {n: l.feedback.cpu().numpy() for n, l in self.layers.items()}
+        if any(layer.feedback is not None for _, layer in layers):
+            feedback = {n: layer.feedback.cpu().numpy() for n, layer in layers}
         self.writer.snapshot(self.step, weights, feedback)
         if self.probe_inputs is not None:
             rec = self.model.reconstruct(self.probe_inputs)
@@ -108,9 +119,15 @@ class Trainer:
         if not math.isfinite(loss_value):
             for layer in layers:
                 layer.capturing, layer.captured = False, []
-            row = {"step": self.step, "epoch": self.epoch, "loss": loss_value,
-                   "lr": self.optimizer.param_groups[0]["lr"]}
-            raise Diverged(f"loss became {loss_value} at step {self.step} (epoch {self.epoch})", row)
+            row = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "loss": loss_value,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+            raise Diverged(
+                f"loss became {loss_value} at step {self.step} (epoch {self.epoch})", row
+            )
 
         self.optimizer.zero_grad(set_to_none=True)
         ctx = self._rule_and_exact_gradients(loss, layers) if probe else None
@@ -125,8 +142,12 @@ class Trainer:
             if ctx is not None:
                 ctx.attempted = [attempted[n] for n in self.names]
 
-        row = {"step": self.step, "epoch": self.epoch, "loss": loss_value,
-               "lr": self.optimizer.param_groups[0]["lr"]}
+        row = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": loss_value,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
         correct, scored = self.model.correct(out.detach(), y)
         row["batch_accuracy"] = correct / scored if scored else math.nan
         for term in self.extra_terms:
@@ -136,31 +157,49 @@ class Trainer:
         return row
 
     def _rule_and_exact_gradients(self, loss: torch.Tensor, layers: list) -> StepContext:
-        """Differentiate one graph under the rule (stored as .grad) and under BP (for probes)."""
-        counts = [len(layer.captured) for layer in layers]
-        outs = [t for layer in layers for t in layer.captured]
-        for layer in layers:
-            layer.capturing, layer.captured = False, []
+        """Differentiate one graph under the rule (stored as .grad) and under BP (for probes).
+
+        The BP pass asks autograd for the error at every layer's output; the true weight
+        gradient of a Linear layer is not formed where its Gram form is cheaper (see
+        ``probes.gram_is_cheaper``): the probe needs only its inner products.
+        """
+        captured = [layer.release_captured() for layer in layers]
+        counts = [len(outs) for outs, _ in captured]
+        outs = [t for layer_outs, _ in captured for t in layer_outs]
+        inputs = [_rows(ins) if ins else None for _, ins in captured]
         weights = [layer.weight for layer in layers]
         n = len(self.params)
         rule = torch.autograd.grad(loss, self.params + outs, retain_graph=True, allow_unused=True)
         for p, g in zip(self.params, rule[:n], strict=True):
             p.grad = g
         rule_grads = [p.grad for p in weights]
+        rule_deltas = _per_layer(rule[n:], counts)
         if any(layer.feedback is not None for layer in layers):
-            with exact_gradients():
-                exact = torch.autograd.grad(loss, weights + outs, allow_unused=True)
+            gram = [x is not None and gram_is_cheaper(x, d) for x, d in zip(inputs, rule_deltas)]
+            wanted = [w for w, g in zip(weights, gram, strict=True) if not g]
+            for layer, g in zip(layers, gram, strict=True):
+                layer.exact_weight_grad = not g
+            try:
+                with exact_gradients():
+                    exact = torch.autograd.grad(loss, wanted + outs, allow_unused=True)
+            finally:
+                for layer in layers:
+                    layer.exact_weight_grad = True
+            given = iter(exact[: len(wanted)])
+            bp_grads = [None if g else next(given) for g in gram]
+            bp_deltas = _per_layer(exact[len(wanted):], counts)
         else:  # no layer has a B: the rule *is* backprop, a second pass would repeat it
-            exact = tuple(rule_grads) + rule[n:]
+            bp_grads, bp_deltas = list(rule_grads), rule_deltas
         return StepContext(
             names=self.names,
             weights_before=[w.detach().clone() for w in weights],
             weights_after=[w.detach() for w in weights],
             feedback=[layer.feedback for layer in layers],
             rule_grads=rule_grads,
-            bp_grads=list(exact[: len(weights)]),
-            rule_deltas=_per_layer(rule[n:], counts),
-            bp_deltas=_per_layer(exact[len(weights):], counts),
+            bp_grads=bp_grads,
+            rule_deltas=rule_deltas,
+            bp_deltas=bp_deltas,
+            inputs=inputs,
             attempted=[0] * len(layers),
         )
 
@@ -171,7 +210,7 @@ class Trainer:
         self.model.eval()
         total, n, correct, scored = 0.0, 0, 0, 0
         for i in range(0, len(x), batch):
-            xb, yb = x[i:i + batch].to(self.device), y[i:i + batch].to(self.device)
+            xb, yb = x[i : i + batch].to(self.device), y[i : i + batch].to(self.device)
             out = self.model(xb)
             total += float(self.model.loss_terms(out, xb, yb)["loss"]) * len(xb)
             n += len(xb)
@@ -197,14 +236,17 @@ class Trainer:
             for self.epoch in range(1, cfg.epochs + 1):
                 order = torch.randperm(n, generator=self.shuffle).to(self.device)
                 for start in range(0, n, cfg.batch_size):
-                    idx = order[start:start + cfg.batch_size]
+                    idx = order[start : start + cfg.batch_size]
                     row = self.train_batch(x_train[idx], y_train[idx])
                     bar.update(1)
                     if self.stop_requested:
                         raise KeyboardInterrupt
                     if self.step % 20 == 1 or self.step == total:
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['batch_accuracy']:.3f}",
-                                        refresh=False)
+                        bar.set_postfix(
+                            loss=f"{row['loss']:.4f}",
+                            acc=f"{row['batch_accuracy']:.3f}",
+                            refresh=False,
+                        )
                 final = self._end_epoch()
         except Diverged as err:
             if err.row is not None and self.writer is not None:
@@ -215,7 +257,11 @@ class Trainer:
             status, message = "interrupted", f"stopped by {cause} after step {self.step}"
         finally:
             bar.close()
-            if self.writer is not None and status != "interrupted" and self.last_snapshot != self.step:
+            if (
+                self.writer is not None
+                and status != "interrupted"
+                and self.last_snapshot != self.step
+            ):
                 self._snapshot()
         return RunResult(status, message, self.step, self.epoch if final else self.epoch - 1, final)
 
@@ -226,8 +272,14 @@ class Trainer:
     def _end_epoch(self) -> dict[str, float]:
         train_loss, train_acc = self.evaluate(self.data.x_train, self.data.y_train)
         val_loss, val_acc = self.evaluate(self.data.x_val, self.data.y_val)
-        row = {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-               "val_loss": val_loss, "val_accuracy": val_acc, "step": self.step}
+        row = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "step": self.step,
+        }
         if self.writer is not None:
             self.writer.append_epoch(row)
         if not math.isfinite(train_loss):
@@ -235,12 +287,17 @@ class Trainer:
         return row
 
 
+def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors (N, ..., F) into one (rows, F) matrix: one row per sample (and time step)."""
+    return torch.cat([t.detach().reshape(-1, t.shape[-1]) for t in tensors])
+
+
 def _per_layer(grads: tuple, counts: list[int]) -> list[torch.Tensor]:
-    """Concatenate each layer's captured-output gradients (several for a recurrent layer)."""
+    """Each layer's captured-output gradients as rows (several captures for a recurrent layer)."""
     out, i = [], 0
     for c in counts:
-        parts = [g.reshape(-1) for g in grads[i:i + c] if g is not None]
-        out.append(torch.cat(parts) if parts else torch.zeros(1))
+        parts = [g for g in grads[i : i + c] if g is not None]
+        out.append(_rows(parts) if parts else torch.zeros(1, 1))
         i += c
     return out
 
@@ -249,8 +306,9 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean
-    return tqdm(total=total, disable=None if enabled else True, unit="step", dynamic_ncols=True,
-                leave=False)
+    return tqdm(
+        total=total, disable=None if enabled else True, unit="step", dynamic_ncols=True, leave=False
+    )
 
 
 def seed_everything(seed: int) -> None:

@@ -16,8 +16,13 @@ def tiny_config():
 
     def make(**overrides):
         base = {
-            "model.depth": 2, "model.width": 32, "train.epochs": 2, "data.n_train": 300,
-            "data.n_val": 100, "train.batch_size": 50, "probes.snapshot_every": 5,
+            "model.depth": 2,
+            "model.width": 32,
+            "train.epochs": 2,
+            "data.n_train": 300,
+            "data.n_val": 100,
+            "train.batch_size": 50,
+            "probes.snapshot_every": 5,
         }
         base.update(overrides)
         return build_config(overrides=base)

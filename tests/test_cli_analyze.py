@@ -263,3 +263,17 @@ def test_damaged_chunk_is_reported_in_place_by_report(tmp_path):
     res = _invoke(report, [path, "--out", out])
     assert res.exit_code == 0, res.output
     assert "alignment could not analyse this" in out.read_text(encoding="utf-8")
+
+
+def test_unwritable_out_is_a_one_line_error(stores, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    for command, target in (
+        (analyze, blocker / "x.nc"),
+        (analyze, blocker),
+        (report, blocker / "r.html"),
+    ):
+        res = _invoke(command, [stores[1], "--out", target])
+        assert res.exit_code == 2, res.output
+        assert res.output.strip().splitlines()[-1].startswith("Error: "), res.output
+        assert "Traceback" not in res.output

@@ -13,8 +13,19 @@ from click.testing import CliRunner
 from cli.main import cli
 from dynalign import open_run
 
-SMALL = ["--depth", "1", "--width", "16", "--epochs", "1", "--set", "data.n_train=100",
-         "--set", "data.n_val=50", "--quiet"]
+SMALL = [
+    "--depth",
+    "1",
+    "--width",
+    "16",
+    "--epochs",
+    "1",
+    "--set",
+    "data.n_train=100",
+    "--set",
+    "data.n_val=50",
+    "--quiet",
+]
 
 
 def invoke(*args):
@@ -23,8 +34,20 @@ def invoke(*args):
 
 def test_record_flags_and_set_reach_the_store(tmp_path):
     out = tmp_path / "r.zarr"
-    result = invoke("record", *SMALL, "--rule", "bp", "--lr", "0.05", "--seed", "3",
-                    "--set", "train.momentum=0.5", "--out", str(out))
+    result = invoke(
+        "record",
+        *SMALL,
+        "--rule",
+        "bp",
+        "--lr",
+        "0.05",
+        "--seed",
+        "3",
+        "--set",
+        "train.momentum=0.5",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert f"store: {out}" in result.output and "status: completed" in result.output
     assert "val_accuracy" in result.output
@@ -36,7 +59,7 @@ def test_record_flags_and_set_reach_the_store(tmp_path):
 
 def test_record_config_file(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('[model]\ndepth = 1\nwidth = 8\n[train]\nepochs = 1\n[data]\nn_train = 100\n')
+    toml.write_text("[model]\ndepth = 1\nwidth = 8\n[train]\nepochs = 1\n[data]\nn_train = 100\n")
     out = tmp_path / "c.zarr"
     result = invoke("record", "--config", str(toml), "--width", "12", "--quiet", "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -105,7 +128,11 @@ def test_inspect(tmp_path):
 
 def test_inspect_errors(tmp_path):
     result = invoke("inspect", str(tmp_path / "none.zarr"))
-    assert result.exit_code == 2 and result.output.startswith("Error: ") and "does not exist" in result.output
+    assert (
+        result.exit_code == 2
+        and result.output.startswith("Error: ")
+        and "does not exist" in result.output
+    )
     (tmp_path / "dir").mkdir()
     result = invoke("inspect", str(tmp_path / "dir"))
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1

@@ -11,7 +11,6 @@ from dynalign.models.mlp import MLP
 from dynalign.rules import FeedbackAlignment, Rule, attach_rule, make_rule
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Every tensor in this module is float64; restored afterwards for the other modules."""
@@ -50,7 +49,8 @@ def test_bp_linear_gradcheck():
     x = torch.randn(4, 3, requires_grad=True)
     w = torch.randn(2, 3, requires_grad=True)
     b = torch.randn(2, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: _LinearFn.apply(x, w, b, None), (x, w, b))
+    layer = Linear(3, 2)
+    assert torch.autograd.gradcheck(lambda x, w, b: _LinearFn.apply(x, w, b, None, layer), (x, w, b))
 
 
 def test_fa_with_b_equal_w_matches_autograd():
@@ -88,8 +88,9 @@ def test_fa_weight_gradient_closed_form():
 
 def _bp_copy(net):
     ref = _two_layer(Rule())
-    ref.load_state_dict({k: v for k, v in net.state_dict().items() if "feedback" not in k},
-                        strict=False)
+    ref.load_state_dict(
+        {k: v for k, v in net.state_dict().items() if "feedback" not in k}, strict=False
+    )
     return ref
 
 
@@ -120,7 +121,9 @@ def test_fa_feedback_matches_forward_init_distribution():
     assert abs(b.std().item() - layer.weight.std().item()) < 0.02 * bound
     assert not any(b is p for p in layer.parameters())
     scaled = Linear(400, 300)
-    FeedbackAlignment(distribution="normal", scale=2.0).attach(scaled, torch.Generator().manual_seed(1))
+    FeedbackAlignment(distribution="normal", scale=2.0).attach(
+        scaled, torch.Generator().manual_seed(1)
+    )
     assert abs(scaled.feedback.std().item() - 2 * bound / 3**0.5) < 0.03 * bound
 
 

@@ -13,7 +13,12 @@ from dynalign.record import record
 
 def _run(tmp_path, name, **overrides):
     cfg = build_config(overrides={"probes.every": 10, "probes.snapshot_every": 0, **overrides})
-    assert (cfg.data.name, cfg.data.n_val, cfg.train.epochs, cfg.train.lr) == ("digits", 500, 30, 0.01)
+    assert (cfg.data.name, cfg.data.n_val, cfg.train.epochs, cfg.train.lr) == (
+        "digits",
+        500,
+        30,
+        0.01,
+    )
     result = record(cfg, tmp_path / f"{name}.zarr", progress=False)
     assert result.status == "completed"
     tree = open_run(tmp_path / f"{name}.zarr")

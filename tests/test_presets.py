@@ -14,9 +14,23 @@ from dynalign import open_run
 from dynalign.config import build_config, preset_description, preset_names
 from dynalign.probes import probe_variables
 
-TINY = ["--set", "train.epochs=1", "--set", "data.n_train=64", "--set", "data.n_val=32",
-        "--set", "model.width=16", "--set", "probes.snapshot_every=1",
-        "--set", "probes.reconstruction_every=1", "--set", "train.batch_size=32", "--quiet"]
+TINY = [
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.n_train=64",
+    "--set",
+    "data.n_val=32",
+    "--set",
+    "model.width=16",
+    "--set",
+    "probes.snapshot_every=1",
+    "--set",
+    "probes.reconstruction_every=1",
+    "--set",
+    "train.batch_size=32",
+    "--quiet",
+]
 
 EXPECTED_LAYERS = {
     "mlp": None,  # fc1 .. fc{depth+1}
@@ -26,9 +40,24 @@ EXPECTED_LAYERS = {
 }
 
 FINDING_ARMS = {  # at least one preset per finding and arm (DESIGN.md, findings 1-8)
-    "fc3-bp", "fc3-fa", "fc8-fa", "fc8-fa-bn", "fc3-fa-bn", "bn-affine", "bn-noaffine",
-    "bn-running-prev", "bn-running-incl", "conv-bp", "conv-fa", "rnn-bp", "rnn-fa", "sae-bp",
-    "sae-fa", "dale-synapse-fa", "dale-neuron-fa", "mixed-relu-fa",
+    "fc3-bp",
+    "fc3-fa",
+    "fc8-fa",
+    "fc8-fa-bn",
+    "fc3-fa-bn",
+    "bn-affine",
+    "bn-noaffine",
+    "bn-running-prev",
+    "bn-running-incl",
+    "conv-bp",
+    "conv-fa",
+    "rnn-bp",
+    "rnn-fa",
+    "sae-bp",
+    "sae-fa",
+    "dale-synapse-fa",
+    "dale-neuron-fa",
+    "mixed-relu-fa",
 }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -16,22 +15,11 @@ import torch
 import zarr
 
 import dynalign
-from dynalign.config import build_config
-from dynalign.probes import angle, probe_variables
+from dynalign.probes import probe_variables
 from dynalign.record import prepare, record
 from dynalign.store import EPOCH_VARIABLES, STEP_SCALARS, StoreError, open_run
 
 PER_LAYER = [v.name for v in probe_variables()]
-
-
-def test_angle_is_exact_and_matches_arccos():
-    a = torch.randn(1000)
-    assert angle(a, a).item() == 0.0
-    assert angle(a, -a).item() == pytest.approx(180.0)
-    b = torch.randn(1000)
-    cos = (a @ b / a.norm() / b.norm()).double()
-    assert angle(a, b).item() == pytest.approx(math.degrees(math.acos(cos)), abs=1e-6)
-    assert math.isnan(angle(a, torch.zeros(1000)).item())
 
 
 def test_store_schema(tmp_path, tiny_config):
@@ -73,7 +61,11 @@ def test_store_schema(tmp_path, tiny_config):
 def test_probe_values_fa(tmp_path, tiny_config):
     cfg = tiny_config(**{"model.activation": "tanh"})
     data, model, _ = prepare(cfg)
-    b_before = {n: m.feedback.clone() for n, m in model.named_modules() if hasattr(m, "feedback") and m.feedback is not None}
+    b_before = {
+        n: m.feedback.clone()
+        for n, m in model.named_modules()
+        if hasattr(m, "feedback") and m.feedback is not None
+    }
     record(cfg, tmp_path / "fa.zarr", progress=False)
     tree = open_run(tmp_path / "fa.zarr")
     steps = tree["steps"].ds
@@ -90,7 +82,9 @@ def test_probe_values_fa(tmp_path, tiny_config):
             assert np.array_equal(fb[k], b.numpy())
     # norms agree with the snapshots; no constraint, so nothing attempted
     w = tree["snapshots/fc2"].ds.weight.values[-1]
-    assert float(steps.weight_norm.sel(layer="fc2")[-1]) == pytest.approx(np.linalg.norm(w), rel=1e-5)
+    assert float(steps.weight_norm.sel(layer="fc2")[-1]) == pytest.approx(
+        np.linalg.norm(w), rel=1e-5
+    )
     assert np.all(steps.attempted_flips.values == 0)
     assert np.all(steps.update_norm.values > 0)
 
@@ -100,10 +94,16 @@ def test_b_unchanged_after_training_in_memory(tiny_config):
 
     cfg = tiny_config(**{"train.weight_decay": 0.01})
     data, model, _ = prepare(cfg)
-    before = {n: m.feedback.clone() for n, m in model.named_modules() if getattr(m, "feedback", None) is not None}
+    before = {
+        n: m.feedback.clone()
+        for n, m in model.named_modules()
+        if getattr(m, "feedback", None) is not None
+    }
     w0 = model.fc1.weight.detach().clone()
     Trainer(cfg, data, model, None, progress=False).run()
-    assert before and all(torch.equal(before[n], m.feedback) for n, m in model.named_modules() if n in before)
+    assert before and all(
+        torch.equal(before[n], m.feedback) for n, m in model.named_modules() if n in before
+    )
     assert not torch.equal(w0, model.fc1.weight)
 
 
@@ -185,8 +185,9 @@ record(cfg, sys.argv[1], progress=False)
 def test_sigterm_leaves_interrupted_valid_store(tmp_path):
     out = tmp_path / "killed.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, str(out)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(out)], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "starting"
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until more than one chunk of steps is on disk

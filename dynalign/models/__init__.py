@@ -13,18 +13,37 @@ from .mlp import MLP
 __all__ = ["Network", "MLP", "build"]
 
 
-def build(config: Config, input_shape: tuple[int, ...], n_outputs: int,
-          generator: torch.Generator) -> Network:
+def build(
+    config: Config, input_shape: tuple[int, ...], n_outputs: int, generator: torch.Generator
+) -> Network:
     """The network named by ``config.model.kind`` for inputs of ``input_shape`` (one sample)."""
     m = config.model
     if m.kind == "mlp":
-        return MLP(math.prod(input_shape), n_outputs, m.depth, m.width, m.activation,
-                   m.batch_norm, m.bn_momentum, m.excitatory_fraction, generator)
+        return MLP(
+            math.prod(input_shape),
+            n_outputs,
+            m.depth,
+            m.width,
+            m.activation,
+            m.batch_norm,
+            m.bn_momentum,
+            m.excitatory_fraction,
+            generator,
+        )
     if m.kind == "convnet":
         from .convnet import ConvNet
 
-        return ConvNet(input_shape, n_outputs, m.channels, m.kernel_size, m.activation,
-                       m.batch_norm, m.bn_momentum, m.excitatory_fraction, generator)
+        return ConvNet(
+            input_shape,
+            n_outputs,
+            m.channels,
+            m.kernel_size,
+            m.activation,
+            m.batch_norm,
+            m.bn_momentum,
+            m.excitatory_fraction,
+            generator,
+        )
     if m.kind == "rnn":
         from .rnn import RNN
 
@@ -32,6 +51,7 @@ def build(config: Config, input_shape: tuple[int, ...], n_outputs: int,
     if m.kind == "autoencoder":
         from .autoencoder import SparseAutoencoder
 
-        return SparseAutoencoder(math.prod(input_shape), m.width, m.code_size,
-                                 m.sparsity_target, m.sparsity_weight)
+        return SparseAutoencoder(
+            math.prod(input_shape), m.width, m.code_size, m.sparsity_target, m.sparsity_weight
+        )
     raise ValueError(f"unknown model kind {m.kind!r}")

@@ -11,8 +11,12 @@ from ..feedback import Linear
 from .base import Network
 
 
-def make_activation(name: str, width: int, generator: torch.Generator | None = None,
-                    excitatory_fraction: float = 0.5) -> nn.Module:
+def make_activation(
+    name: str,
+    width: int,
+    generator: torch.Generator | None = None,
+    excitatory_fraction: float = 0.5,
+) -> nn.Module:
     """One activation module by name (fresh per layer: Mixed-ReLU has per-unit signs)."""
     if name == "relu":
         return nn.ReLU()
@@ -28,9 +32,18 @@ def make_activation(name: str, width: int, generator: torch.Generator | None = N
 
 
 class MLP(Network):
-    def __init__(self, n_inputs: int, n_outputs: int, depth: int, width: int,
-                 activation: str = "relu", batch_norm: str = "none", bn_momentum: float = 0.1,
-                 excitatory_fraction: float = 0.5, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        depth: int,
+        width: int,
+        activation: str = "relu",
+        batch_norm: str = "none",
+        bn_momentum: float = 0.1,
+        excitatory_fraction: float = 0.5,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.n_inputs = n_inputs
         sizes = [n_inputs] + [width] * depth
@@ -40,8 +53,9 @@ class MLP(Network):
                 from ..batchnorm import make_batch_norm
 
                 self.add_module(f"bn{i + 1}", make_batch_norm(batch_norm, width, bn_momentum))
-            self.add_module(f"act{i + 1}", make_activation(activation, width, generator,
-                                                           excitatory_fraction))
+            self.add_module(
+                f"act{i + 1}", make_activation(activation, width, generator, excitatory_fraction)
+            )
         self.add_module(f"fc{depth + 1}", Linear(sizes[-1], n_outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
