@@ -48,6 +48,7 @@ class RuleConfig:
 class ConstraintConfig:
     sign: str = "none"  # none | synapse | neuron  (Dale's law)
     excitatory_fraction: float = 0.8
+    balance: bool = False  # scale inhibitory init magnitudes so each unit's mean input is 0
 
 
 @dataclass

@@ -9,6 +9,12 @@ An optimiser step that would carry a weight across zero is not undone but clippe
 is set to exactly 0, and it may grow again on its own side later. ``project()`` does this after
 every step and counts those attempted flips, the quantity whose rise precedes unlearning.
 Biases are not constrained, and neither are feedback tensors B.
+
+With more excitatory than inhibitory weights of the same size, every unit's input from
+non-negative (ReLU) activity has a positive mean that grows layer by layer: activations and
+the first losses explode. ``balance=True`` scales inhibitory magnitudes by ``f / (1 - f)``
+(f the excitatory fraction), so that each unit's expected input is zero, and then rescales the
+layer so that its Frobenius norm is the one it was initialised with.
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ def draw_signs(
     return torch.where(uniform < excitatory_fraction, 1.0, -1.0).to(torch.float64)
 
 
+def balanced_magnitudes(
+    magnitude: torch.Tensor, sign: torch.Tensor, excitatory_fraction: float
+) -> torch.Tensor:
+    """Inhibitory magnitudes scaled by ``f / (1 - f)``, then all by one factor keeping the norm.
+
+    With a fraction f of excitatory weights this makes a unit's expected input from
+    non-negative activity zero, while the layer's overall size stays that of its init.
+    """
+    ratio = excitatory_fraction / (1.0 - excitatory_fraction)
+    scaled = torch.where(sign < 0, magnitude * ratio, magnitude)
+    norm = torch.linalg.vector_norm(scaled)
+    if norm == 0:
+        return scaled
+    return scaled * (torch.linalg.vector_norm(magnitude) / norm)
+
+
 def _layer_signs(
     weight: torch.Tensor, level: str, excitatory_fraction: float, generator: torch.Generator
 ) -> torch.Tensor:
@@ -62,6 +84,7 @@ class SignConstraint:
         level: str,
         excitatory_fraction: float,
         generator: torch.Generator,
+        balance: bool = False,
     ):
         if level not in LEVELS:
             raise SignConstraintError(
@@ -70,6 +93,11 @@ class SignConstraint:
         if not 0.0 <= excitatory_fraction <= 1.0:
             raise SignConstraintError(
                 f"excitatory_fraction={excitatory_fraction!r} must lie between 0 and 1"
+            )
+        if balance and not 0.0 < excitatory_fraction < 1.0:
+            raise SignConstraintError(
+                f"balance needs both excitatory and inhibitory weights, but excitatory_fraction="
+                f"{excitatory_fraction!r}; choose a fraction strictly between 0 and 1 or balance=false"
             )
         if not layers:
             raise SignConstraintError(
@@ -84,13 +112,17 @@ class SignConstraint:
                 )
         self.level = level
         self.excitatory_fraction = excitatory_fraction
+        self.balance = balance
         self.layers = dict(layers)
         self.signs: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
                 sign = _layer_signs(layer.weight, level, excitatory_fraction, generator)
                 self.signs[name] = sign
-                layer.weight.copy_(layer.weight.abs() * sign)
+                magnitude = layer.weight.abs()
+                if balance:
+                    magnitude = balanced_magnitudes(magnitude, sign, excitatory_fraction)
+                layer.weight.copy_(magnitude * sign)
 
     def _sign_like(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """The layer's signs on the weight's current device and dtype (the model may have moved)."""
@@ -117,7 +149,7 @@ class SignConstraint:
     def __repr__(self) -> str:
         return (
             f"SignConstraint(level={self.level!r}, excitatory_fraction="
-            f"{self.excitatory_fraction}, layers={list(self.layers)})"
+            f"{self.excitatory_fraction}, balance={self.balance}, layers={list(self.layers)})"
         )
 
 
@@ -135,4 +167,6 @@ def make_constraint(
     """The constraint ``cfg.sign`` asks for on every feedback layer of ``model``; None for none."""
     if cfg.sign == "none":
         return None
-    return SignConstraint(feedback_layers(model), cfg.sign, cfg.excitatory_fraction, generator)
+    return SignConstraint(
+        feedback_layers(model), cfg.sign, cfg.excitatory_fraction, generator, cfg.balance
+    )
