@@ -17,21 +17,6 @@ from dynalign.config import (
 )
 from dynalign.store import StoreError
 
-# flag -> config key, for the keys researchers change most
-FLAGS = {
-    "rule": "rule.name",
-    "depth": "model.depth",
-    "width": "model.width",
-    "dataset": "data.name",
-    "epochs": "train.epochs",
-    "lr": "train.lr",
-    "seed": "train.seed",
-    "batch_size": "train.batch_size",
-    "model": "model.kind",
-    "device": "train.device",
-    "data_dir": "data.data_dir",
-}
-
 
 def fail(message: str) -> None:
     """One line on stderr and exit code 2: the user's input was wrong, nothing was written."""
@@ -87,7 +72,7 @@ def record(preset, config_file, assignments, out, overwrite, quiet, **flags) -> 
 
     try:
         overrides = parse_assignments(assignments)
-        overrides.update({FLAGS[k]: v for k, v in flags.items() if v is not None})
+        overrides.update({k: v for k, v in flags.items() if v is not None})
         config = build_config(preset, config_file, overrides)
     except ConfigError as err:
         fail(str(err))

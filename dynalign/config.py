@@ -148,6 +148,18 @@ FRACTIONS = {
 }
 
 
+# short names for the keys changed most (also the `dynalign record` flags); any other key
+# may be shortened to its last part where that is unambiguous (lr, epochs, depth, ...)
+ALIASES = {
+    "rule": "rule.name",
+    "dataset": "data.name",
+    "model": "model.kind",
+    "data_dir": "data.data_dir",
+    "device": "train.device",
+    "seed": "train.seed",
+}
+
+
 def _sections() -> dict[str, type]:
     return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
 
@@ -227,6 +239,7 @@ def apply(config: Config, updates: dict[str, Any]) -> Config:
     )
     valid = keys()
     for key, value in updates.items():
+        key = ALIASES.get(key, key)
         if key not in valid:
             if "." not in key:
                 matches = [k for k in valid if k.endswith("." + key)]

@@ -9,7 +9,7 @@ passes over the weights and a single transfer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,8 +45,13 @@ def gram_is_cheaper(x: torch.Tensor, delta: torch.Tensor) -> bool:
     return delta.shape[0] == rows and rows * (n_in + n_out) < n_in * n_out
 
 
-def update_angle(rule_grad: torch.Tensor, bp_grad: torch.Tensor | None, x: torch.Tensor | None,
-                 rule_delta: torch.Tensor, bp_delta: torch.Tensor) -> torch.Tensor:
+def update_angle(
+    rule_grad: torch.Tensor,
+    bp_grad: torch.Tensor | None,
+    x: torch.Tensor | None,
+    rule_delta: torch.Tensor,
+    bp_delta: torch.Tensor,
+) -> torch.Tensor:
     """Angle between the rule's weight gradient and the true one, in degrees.
 
     A Linear layer's gradient is G = δᵀx over the rows of a batch, so inner products of two
@@ -58,10 +63,9 @@ def update_angle(rule_grad: torch.Tensor, bp_grad: torch.Tensor | None, x: torch
         return angle(rule_grad, bp_grad)
     if torch.equal(rule_delta, bp_delta):  # same error, same input: the same gradient
         return torch.zeros((), dtype=torch.float64, device=rule_grad.device)
-    x = x.double()
-    gram = x @ x.T
-    rb = (gram * (rule_delta.double() @ bp_delta.double().T)).sum()
-    bb = (gram * (bp_delta.double() @ bp_delta.double().T)).sum()
+    gram = (x @ x.T).double()  # R×R: BLAS in the run's precision, products summed in float64
+    rb = (gram * (rule_delta @ bp_delta.T).double()).sum()
+    bb = (gram * (bp_delta @ bp_delta.T).double()).sum()
     rr = torch.dot(rule_grad.reshape(-1), rule_grad.reshape(-1)).double()
     return _angle_from_products(rb, rr, bb)
 
@@ -80,6 +84,14 @@ class StepContext:
     bp_deltas: list[torch.Tensor]
     inputs: list[torch.Tensor | None]  # the layer's input rows (Linear layers)
     attempted: list[torch.Tensor | int]
+    _weight_sq: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def weight_sq_norm(self, i: int) -> torch.Tensor:
+        """|W|² after the step (float64), computed once for the probes that share it."""
+        if i not in self._weight_sq:
+            w = self.weights_after[i].reshape(-1)
+            self._weight_sq[i] = torch.dot(w, w).double()
+        return self._weight_sq[i]
 
 
 class Probe:
@@ -108,13 +120,24 @@ class AngleProbe(Probe):
     )
 
     def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
-        w = ctx.weights_after[i]
-        b = ctx.feedback[i]
+        w, b = ctx.weights_after[i], ctx.feedback[i]
+        if b is None:  # BP: the feedback is W itself
+            feedback = torch.zeros((), dtype=torch.float64, device=w.device)
+        else:
+            wb = torch.dot(w.reshape(-1), b.reshape(-1)).double()
+            feedback = _angle_from_products(
+                wb, ctx.weight_sq_norm(i), torch.dot(b.reshape(-1), b.reshape(-1)).double()
+            )
         return [
-            update_angle(ctx.rule_grads[i], ctx.bp_grads[i], ctx.inputs[i], ctx.rule_deltas[i],
-                         ctx.bp_deltas[i]),
+            update_angle(
+                ctx.rule_grads[i],
+                ctx.bp_grads[i],
+                ctx.inputs[i],
+                ctx.rule_deltas[i],
+                ctx.bp_deltas[i],
+            ),
             angle(ctx.rule_deltas[i], ctx.bp_deltas[i]),
-            angle(w, w if b is None else b),
+            feedback,
         ]
 
 
@@ -126,7 +149,7 @@ class NormProbe(Probe):
 
     def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
         before, after = ctx.weights_before[i], ctx.weights_after[i]
-        return [torch.linalg.vector_norm(after), torch.linalg.vector_norm(after - before)]
+        return [ctx.weight_sq_norm(i).sqrt(), torch.linalg.vector_norm(after - before)]
 
 
 class SignProbe(Probe):
@@ -145,7 +168,7 @@ class SignProbe(Probe):
         before, after = ctx.weights_before[i], ctx.weights_after[i]
         flips = torch.count_nonzero(torch.mul(before, after) < 0)
         attempted = torch.as_tensor(ctx.attempted[i], device=after.device)
-        zeroed = torch.count_nonzero(after == 0) / after.numel()
+        zeroed = 1 - torch.count_nonzero(after) / after.numel()
         return [flips, attempted, zeroed]
 
 

@@ -175,7 +175,10 @@ class Trainer:
         rule_grads = [p.grad for p in weights]
         rule_deltas = _per_layer(rule[n:], counts)
         if any(layer.feedback is not None for layer in layers):
-            gram = [x is not None and gram_is_cheaper(x, d) for x, d in zip(inputs, rule_deltas)]
+            gram = [
+                x is not None and gram_is_cheaper(x, d)
+                for x, d in zip(inputs, rule_deltas, strict=True)
+            ]
             wanted = [w for w, g in zip(weights, gram, strict=True) if not g]
             for layer, g in zip(layers, gram, strict=True):
                 layer.exact_weight_grad = not g
@@ -187,7 +190,7 @@ class Trainer:
                     layer.exact_weight_grad = True
             given = iter(exact[: len(wanted)])
             bp_grads = [None if g else next(given) for g in gram]
-            bp_deltas = _per_layer(exact[len(wanted):], counts)
+            bp_deltas = _per_layer(exact[len(wanted) :], counts)
         else:  # no layer has a B: the rule *is* backprop, a second pass would repeat it
             bp_grads, bp_deltas = list(rule_grads), rule_deltas
         return StepContext(

@@ -57,6 +57,16 @@ def test_record_flags_and_set_reach_the_store(tmp_path):
     assert config["model"]["depth"] == 1
 
 
+def test_short_keys_in_set(tmp_path):
+    out = tmp_path / "s.zarr"
+    result = invoke(
+        "record", *SMALL, "--set", "dataset=synthetic", "--set", "momentum=0.1", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads(open_run(out).attrs["config"])
+    assert config["data"]["name"] == "synthetic" and config["train"]["momentum"] == 0.1
+
+
 def test_record_config_file(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text("[model]\ndepth = 1\nwidth = 8\n[train]\nepochs = 1\n[data]\nn_train = 100\n")

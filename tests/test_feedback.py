@@ -50,7 +50,9 @@ def test_bp_linear_gradcheck():
     w = torch.randn(2, 3, requires_grad=True)
     b = torch.randn(2, requires_grad=True)
     layer = Linear(3, 2)
-    assert torch.autograd.gradcheck(lambda x, w, b: _LinearFn.apply(x, w, b, None, layer), (x, w, b))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _LinearFn.apply(x, w, b, None, layer), (x, w, b)
+    )
 
 
 def test_fa_with_b_equal_w_matches_autograd():
