@@ -96,8 +96,9 @@ class SignConstraint:
             )
         if balance and not 0.0 < excitatory_fraction < 1.0:
             raise SignConstraintError(
-                f"balance needs both excitatory and inhibitory weights, but excitatory_fraction="
-                f"{excitatory_fraction!r}; choose a fraction strictly between 0 and 1 or balance=false"
+                "balance needs both excitatory and inhibitory weights, but excitatory_fraction="
+                f"{excitatory_fraction!r}; choose a fraction strictly between 0 and 1, or "
+                "balance=false"
             )
         if not layers:
             raise SignConstraintError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -248,3 +250,53 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(SignConstraintError, match="1-D weight.*use level 'synapse'"):
         SignConstraint({"v": vector}, "neuron", 0.5, gen())
     assert issubclass(SignConstraintError, ValueError)
+
+
+@pytest.mark.parametrize("level", ["synapse", "neuron"])
+def test_balance_scales_inhibition_so_mean_input_is_zero_and_keeps_the_norm(level):
+    torch.manual_seed(0)
+    layer = Linear(400, 300)
+    magnitude = layer.weight.detach().abs().double().clone()
+    c = SignConstraint({"fc": layer}, level, 0.8, gen(4), balance=True)
+    sign = c.signs["fc"].double()
+    w = layer.weight.detach().double()
+    # independent float64 construction: inhibitory x 0.8/0.2 = 4, then one factor for the norm
+    scaled = magnitude * torch.where(sign < 0, 4.0, 1.0)
+    expected = sign * scaled * (magnitude.norm() / scaled.norm())
+    torch.testing.assert_close(w, expected, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(w.norm(), magnitude.norm(), rtol=1e-6, atol=0)
+    assert torch.equal(torch.sign(w), sign)  # signs untouched
+    # a unit driven by equal non-negative inputs gets about zero net input on average;
+    # unbalanced, the same signs give a clearly positive mean (0.8 - 0.2 of the magnitudes)
+    balanced_mean = float(w.sum(1).mean() / w.abs().sum(1).mean())
+    unbalanced = sign * magnitude
+    unbalanced_mean = float(unbalanced.sum(1).mean() / unbalanced.abs().sum(1).mean())
+    assert abs(balanced_mean) < 0.1
+    assert unbalanced_mean > 0.4
+    # projection is unchanged by balancing: a correct-side weight is left alone
+    assert int(c.project()["fc"]) == 0
+
+
+def test_balance_is_off_by_default_and_set_from_the_config():
+    from dynalign.config import build_config
+
+    assert ConstraintConfig().balance is False
+    assert build_config(overrides={"constraint.balance": "true"}).constraint.balance is True
+    torch.manual_seed(1)
+    plain, balanced = Net(sizes=(30, 20, 10)), Net(sizes=(30, 20, 10))
+    balanced.load_state_dict(plain.state_dict())
+    cfg = ConstraintConfig(sign="synapse", excitatory_fraction=0.75)
+    a = make_constraint(cfg, plain, gen(9))
+    b = make_constraint(dataclasses.replace(cfg, balance=True), balanced, gen(9))
+    assert not a.balance and b.balance
+    inhibitory = b.signs["fc1"] < 0
+    ratio = balanced.fc1.weight.detach()[inhibitory] / plain.fc1.weight.detach()[inhibitory]
+    excit = balanced.fc1.weight.detach()[~inhibitory] / plain.fc1.weight.detach()[~inhibitory]
+    # inhibitory weights are 3x (0.75 / 0.25) the excitatory ones, relative to the plain init
+    torch.testing.assert_close(ratio / excit.mean(), torch.full_like(ratio, 3.0))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_balance_needs_both_signs(fraction):
+    with pytest.raises(SignConstraintError, match="balance needs both excitatory and inhibitory"):
+        SignConstraint(feedback_layers(Net()), "synapse", fraction, gen(), balance=True)
