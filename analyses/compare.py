@@ -78,7 +78,8 @@ def _coordinate(values: list[Any]) -> np.ndarray:
     return np.array([_label(v) for v in values], dtype=object)
 
 
-def _unique_names(names: list[str]) -> list[str]:
+def unique_names(names: list[str]) -> list[str]:
+    """Names made unique by suffixing repeats: a, a-2, a-3."""
     seen: dict[str, int] = {}
     out = []
     for name in names:
@@ -124,7 +125,7 @@ def analyze(
         names = [run_name(t, default=f"run{i}") for i, t in enumerate(trees)]
     elif len(names) != len(trees):
         raise AnalysisError(f"got {len(names)} names for {len(trees)} runs; give one name per run")
-    names = _unique_names([str(n) for n in names])
+    names = unique_names([str(n) for n in names])
 
     configs = [flat_config(t) for t in trees]
     keys = sorted({k for c in configs for k in c})

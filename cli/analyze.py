@@ -26,6 +26,7 @@ from analyses import (
     parameter_names,
 )
 from analyses import summary as summary_values
+from analyses.compare import unique_names
 from analyses.smoothing import run_name
 from dynalign.store import StoreError
 
@@ -97,15 +98,6 @@ def _run(module: ModuleType, target: Any, params: dict[str, Any], where: str) ->
         return module.analyze(target, **params)
     except READ_ERRORS as err:  # AnalysisError, or a damaged chunk read for the first time
         raise InputError(f"{where}: {module.NAME}: {describe_failure(err)}") from None
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return out
 
 
 # ----------------------------------------------------------------------------- saving
@@ -210,7 +202,7 @@ def analyze(stores, only, out, as_json, set_params) -> None:
     params = parse_params(set_params)
     trees = open_stores(stores)
     singles = [n for n in only if n != COMPARE_NAME]
-    names = _unique([run_name(t, default=f"run{i + 1}") for i, t in enumerate(trees)])
+    names = unique_names([run_name(t, default=f"run{i + 1}") for i, t in enumerate(trees)])
 
     results: dict[str, dict[str, xr.Dataset]] = {}
     report_json: dict[str, Any] = {"runs": []}

@@ -94,6 +94,13 @@ class FeedbackLayer(nn.Module):
         """Half-width of the uniform distribution the forward weights were drawn from."""
         return 1.0 / math.sqrt(self.fan_in())
 
+    def reset_parameters(self) -> None:
+        """W and b uniform in ±1/sqrt(fan_in), PyTorch's default scale for Linear and Conv."""
+        bound = self.init_bound()
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
     def _capture(self, out: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.capturing:
             self.captured.append(out)
@@ -117,12 +124,6 @@ class Linear(FeedbackLayer):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = self.init_bound()
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.feedback is None and not torch.is_grad_enabled():
