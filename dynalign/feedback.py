@@ -50,8 +50,7 @@ class _LinearFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight, feedback)
         ctx.has_bias = bias is not None
         ctx.layer = layer
-        out = x @ weight.t()
-        return out + bias if bias is not None else out
+        return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
