@@ -66,7 +66,7 @@ def update_angle(
     gram = (x @ x.T).double()  # R×R: BLAS in the run's precision, products summed in float64
     rb = (gram * (rule_delta @ bp_delta.T).double()).sum()
     bb = (gram * (bp_delta @ bp_delta.T).double()).sum()
-    rr = torch.dot(rule_grad.reshape(-1), rule_grad.reshape(-1)).double()
+    rr = (gram * (rule_delta @ rule_delta.T).double()).sum()
     return _angle_from_products(rb, rr, bb)
 
 
