@@ -75,7 +75,7 @@ class StepContext:
     """What one probe step leaves behind, per layer, in the order of ``names``."""
 
     names: list[str]
-    weights_before: list[torch.Tensor]
+    weights_before: list[torch.Tensor]  # a reused buffer: WeightChangeProbe consumes it
     weights_after: list[torch.Tensor]
     feedback: list[torch.Tensor | None]
     rule_grads: list[torch.Tensor]
@@ -141,19 +141,16 @@ class AngleProbe(Probe):
         ]
 
 
-class NormProbe(Probe):
+class WeightChangeProbe(Probe):
+    """How W moved in the step: norms, sign changes, zeros.
+
+    The weights from before the step live in a buffer the trainer reuses, so this probe may
+    overwrite it: it is the last reader. Each quantity costs one pass over the weights.
+    """
+
     variables = (
         Variable("weight_norm", True, "1", "Frobenius norm of W after the step"),
         Variable("update_norm", True, "1", "Frobenius norm of the change applied to W in the step"),
-    )
-
-    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
-        before, after = ctx.weights_before[i], ctx.weights_after[i]
-        return [ctx.weight_sq_norm(i).sqrt(), torch.linalg.vector_norm(after - before)]
-
-
-class SignProbe(Probe):
-    variables = (
         Variable("sign_flips", True, "count", "weights whose sign changed in the step"),
         Variable(
             "attempted_flips",
@@ -166,13 +163,14 @@ class SignProbe(Probe):
 
     def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
         before, after = ctx.weights_before[i], ctx.weights_after[i]
-        flips = torch.count_nonzero(torch.mul(before, after) < 0)
-        attempted = torch.as_tensor(ctx.attempted[i], device=after.device)
+        flips = torch.count_nonzero(torch.lt(before * after, 0))
+        update = torch.linalg.vector_norm(before.sub_(after))  # in place: before is scratch now
         zeroed = 1 - torch.count_nonzero(after) / after.numel()
-        return [flips, attempted, zeroed]
+        attempted = torch.as_tensor(ctx.attempted[i], device=after.device)
+        return [ctx.weight_sq_norm(i).sqrt(), update, flips, attempted, zeroed]
 
 
-PROBES: tuple[Probe, ...] = (AngleProbe(), NormProbe(), SignProbe())
+PROBES: tuple[Probe, ...] = (AngleProbe(), WeightChangeProbe())
 
 
 def probe_variables() -> tuple[Variable, ...]:

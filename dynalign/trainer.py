@@ -69,6 +69,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.last_snapshot = -1
+        self._before: list[torch.Tensor] | None = None
         self.stop_requested: str | None = None  # set by a signal handler: stop after this step
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
         self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
@@ -195,7 +196,7 @@ class Trainer:
             bp_grads, bp_deltas = list(rule_grads), rule_deltas
         return StepContext(
             names=self.names,
-            weights_before=[w.detach().clone() for w in weights],
+            weights_before=self._copy_weights(weights),
             weights_after=[w.detach() for w in weights],
             feedback=[layer.feedback for layer in layers],
             rule_grads=rule_grads,
@@ -205,6 +206,14 @@ class Trainer:
             inputs=inputs,
             attempted=[0] * len(layers),
         )
+
+    def _copy_weights(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """W before the optimiser step, in buffers kept across steps (no fresh allocation)."""
+        if self._before is None:
+            self._before = [torch.empty_like(w) for w in weights]
+        for buf, w in zip(self._before, weights, strict=True):
+            buf.copy_(w.detach())
+        return self._before
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
