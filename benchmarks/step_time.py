@@ -134,14 +134,18 @@ def timing(steps: int, rounds: int) -> None:
     for _ in range(rounds):
         for name, step in variants.items():
             samples[name].append(time_steps(step, batches, steps))
-    ref = statistics.median(samples["(a) torch nn.Linear, BP"])
+    ref = samples["(a) torch nn.Linear, BP"]
     print(
         f"step time, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
-        f"{torch.get_num_threads()} thread(s), median of {rounds} rounds x {steps} steps"
+        f"{torch.get_num_threads()} thread(s), {rounds} interleaved rounds x {steps} steps; "
+        "ratios to (a) from the medians and from the fastest rounds (least disturbed by others)"
     )
     for name, values in samples.items():
-        med = statistics.median(values)
-        print(f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {med / ref:5.2f}")
+        med, best = statistics.median(values), min(values)
+        print(
+            f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {med / statistics.median(ref):5.2f}"
+            f"   fastest {best * 1e3:8.2f} ms   ratio {best / min(ref):5.2f}"
+        )
 
 
 MEMORY_CHILD = """
