@@ -21,6 +21,7 @@ from .constraints import make_constraint
 from .data import load
 from .feedback import feedback_layers
 from .models import build
+from .probes import probe_variables
 from .rules import attach_rule, make_rule
 from .store import RunWriter, StoreError
 from .trainer import RunResult, Trainer, seed_everything
@@ -84,6 +85,7 @@ def record(
     data, model, constraint = prepare(config)
     layers = feedback_layers(model)
     has_feedback = any(layer.feedback is not None for layer in layers.values())
+    autoencoder = hasattr(model, "reconstruct")
     attrs = {
         "dynalign_version": __version__,
         "torch_version": torch.__version__,
@@ -91,17 +93,14 @@ def record(
         "seed": config.train.seed,
         "dataset": data.attrs(),
         # an autoencoder reconstructs whatever data it is given (digits too)
-        "task": "reconstruction" if hasattr(model, "reconstruct") else data.task,
+        "task": "reconstruction" if autoencoder else data.task,
         "rule": config.rule.name,
         "model_kind": config.model.kind,
     }
-    from .probes import probe_variables
-
     image_shape = None
-    if hasattr(model, "reconstruct"):
-        image_shape = (
-            tuple(data.input_shape[-2:]) if len(data.input_shape) >= 2 else data.input_shape
-        )
+    if autoencoder:  # how to show one sample as a picture: (h, w), or (c, h, w) for colour
+        shape = tuple(data.input_shape)
+        image_shape = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
     n_probe = min(config.probes.n_probe_inputs, len(data.x_val))
     writer = RunWriter(
         out,
@@ -114,7 +113,7 @@ def record(
         n_probe=n_probe,
         overwrite=overwrite,
     )
-    _write_static(writer, model, constraint, data, n_probe, image_shape is not None)
+    _write_static(writer, model, constraint, data, n_probe, autoencoder)
     trainer = Trainer(config, data, model, writer, constraint, progress)
     try:
         with stop_on_signals(trainer):

@@ -117,15 +117,15 @@ class Trainer:
         terms = self.model.loss_terms(out, x, y)
         loss = terms["loss"]
         loss_value = float(loss.detach())
+        row = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": loss_value,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
         if not math.isfinite(loss_value):
             for layer in layers:
-                layer.capturing, layer.captured = False, []
-            row = {
-                "step": self.step,
-                "epoch": self.epoch,
-                "loss": loss_value,
-                "lr": self.optimizer.param_groups[0]["lr"],
-            }
+                layer.release_captured()
             raise Diverged(
                 f"loss became {loss_value} at step {self.step} (epoch {self.epoch})", row
             )
@@ -143,12 +143,6 @@ class Trainer:
             if ctx is not None:
                 ctx.attempted = [attempted[n] for n in self.names]
 
-        row = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "loss": loss_value,
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
         correct, scored = self.model.correct(out.detach(), y)
         row["batch_accuracy"] = correct / scored if scored else math.nan
         for term in self.extra_terms:
