@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .store import Variable
@@ -163,11 +164,26 @@ class WeightChangeProbe(Probe):
 
     def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
         before, after = ctx.weights_before[i], ctx.weights_after[i]
-        flips = torch.count_nonzero(torch.lt(before * after, 0))
+        flips, zeros = sign_counts(before, after)
         update = torch.linalg.vector_norm(before.sub_(after))  # in place: before is scratch now
-        zeroed = 1 - torch.count_nonzero(after) / after.numel()
         attempted = torch.as_tensor(ctx.attempted[i], device=after.device)
-        return [ctx.weight_sq_norm(i).sqrt(), update, flips, attempted, zeroed]
+        zeroed = zeros.to(after.device) / after.numel()
+        return [ctx.weight_sq_norm(i).sqrt(), update, flips.to(after.device), attempted, zeroed]
+
+
+def sign_counts(before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights whose sign changed (strictly: one side negative, the other positive) and
+    weights exactly zero after, as 0-d int64 tensors.
+
+    On the CPU numpy does it: its vectorised comparisons and counts are several times faster
+    than torch's boolean kernels, and this runs over every weight on every probe step.
+    """
+    if after.device.type == "cpu" and after.dtype in (torch.float32, torch.float64):
+        b, a = before.detach().numpy(), after.detach().numpy()
+        flips = np.count_nonzero(np.less(np.multiply(b, a), 0))
+        zeros = np.count_nonzero(np.equal(a, 0))
+        return torch.tensor(flips), torch.tensor(zeros)
+    return torch.count_nonzero(before * after < 0), after.numel() - torch.count_nonzero(after)
 
 
 PROBES: tuple[Probe, ...] = (AngleProbe(), WeightChangeProbe())

@@ -40,3 +40,25 @@ def test_gram_update_angle_equals_angle_of_formed_gradients(rows):
 def test_gram_not_chosen_when_rows_outnumber_features():
     assert not gram_is_cheaper(torch.zeros(1024, 128), torch.zeros(1024, 128))
     assert gram_is_cheaper(torch.zeros(100, 3072), torch.zeros(100, 512))
+
+
+def test_sign_counts_numpy_and_torch_paths_agree_with_a_direct_count():
+    from dynalign.probes import sign_counts
+
+    g = torch.Generator().manual_seed(3)
+    before = torch.randn(300, 200, generator=g)
+    after = before + 0.3 * torch.randn(300, 200, generator=g)
+    after[:5] = 0.0  # zeroed weights: not flips
+    before[5:8] = 0.0  # weights growing from zero: not flips either
+    expected_flips = sum(
+        1
+        for b, a in zip(before.flatten().tolist(), after.flatten().tolist(), strict=True)
+        if b * a < 0
+    )
+    expected_zeros = sum(1 for a in after.flatten().tolist() if a == 0)
+    assert 0 < expected_flips and expected_zeros == 1000
+    flips, zeros = sign_counts(before, after)  # numpy path (CPU float)
+    assert (int(flips), int(zeros)) == (expected_flips, expected_zeros)
+    flips, zeros = sign_counts(before.half(), after.half())  # torch path
+    assert int(zeros) == expected_zeros
+    assert abs(int(flips) - expected_flips) <= 5  # half precision may round tiny products to 0
