@@ -58,6 +58,7 @@ def cli() -> None:
 @click.option("--batch-size", type=str)
 @click.option("--seed", type=str)
 @click.option("--device", type=str, help="cpu (default) or cuda")
+@click.option("--threads", type=str, help="CPU threads for torch (default: all cores)")
 @click.option(
     "--out", type=click.Path(), help="store to write (default runs/<preset or rule>.zarr)"
 )

@@ -76,6 +76,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max global norm of the update, None: off
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None  # CPU threads for torch; None: torch's default (all cores)
 
 
 @dataclass
@@ -125,6 +126,7 @@ POSITIVE = {
     "data.n_classes",
     "train.epochs",
     "train.batch_size",
+    "train.threads",
     "train.lr",
     "data.n_train",
     "train.grad_clip",

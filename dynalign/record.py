@@ -40,6 +40,8 @@ def check_device(device: str) -> None:
 def prepare(config: Config):
     """Data, model (with its rule and constraint) for a config, on the configured device."""
     check_device(config.train.device)
+    if config.train.threads:  # on a shared machine, fewer threads than cores avoid contention
+        torch.set_num_threads(config.train.threads)
     data = load(config.data, config.train.seed)
     seed_everything(config.train.seed)
     init = torch.Generator().manual_seed(config.train.seed + 1)

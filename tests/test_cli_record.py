@@ -151,3 +151,19 @@ def test_inspect_errors(tmp_path):
 def test_console_script_entry_point(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "record" in done.stdout
+
+
+def test_threads_flag_sets_torch_threads(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "t.zarr"
+        result = invoke("record", *SMALL, "--threads", "2", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 2
+        assert json.loads(open_run(out).attrs["config"])["train"]["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+    result = invoke("record", *SMALL, "--threads", "0", "--out", str(tmp_path / "u.zarr"))
+    assert result.exit_code == 2 and "train.threads=0 must be greater than 0" in result.output
