@@ -80,8 +80,6 @@ def record(preset, config_file, assignments, out, overwrite, quiet, **flags) -> 
     if out is None:
         out = f"runs/{preset or config.rule.name + '-' + config.data.name}.zarr"
     out = Path(out)
-    if out.exists() and not overwrite:
-        fail(f"{out} already exists; choose another --out or pass --overwrite")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

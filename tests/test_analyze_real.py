@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-from html.parser import HTMLParser
 
 import pytest
 import xarray as xr
 from click.testing import CliRunner
+from test_report import _parse
 
 from cli.main import cli
 
@@ -74,24 +74,13 @@ def test_analyze_json_and_netcdf(stores, tmp_path):
     ds.close()
 
 
-class _Images(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.images: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs).get("src", ""))
-
-
 def test_report_html_and_pdf(stores, tmp_path):
     out = tmp_path / "report.html"
     result = CliRunner().invoke(
         cli, ["report", *map(str, stores.values()), "--out", str(out), "--pdf"]
     )
     assert result.exit_code == 0, result.output
-    page = _Images()
-    page.feed(out.read_text(encoding="utf-8"))
+    page = _parse(out)
     assert len(page.images) >= 8  # angles per run, unlearning, autoencoder grids, compare curves
     for src in page.images:
         assert src.startswith("data:image/png;base64,")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import zarr
 from click.testing import CliRunner
 from synthetic_stores import exp_decay, make_run, write_run
 from test_autoencoder_analysis import autoencoder_run, probe_inputs
+from test_report import _parse
 
 from analyses import COMPARE, applicable, figures
 from cli.analyze import analyze, report
@@ -141,31 +141,20 @@ def test_out_directory_holds_every_result_and_compare(stores, tmp_path):
 # ---------------------------------------------------------------------------------- report
 
 
-class _Images(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.srcs: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.srcs.append(dict(attrs).get("src", ""))
-
-
 def test_report_writes_html_with_every_figure(stores, tmp_path):
     out = tmp_path / "report.html"
     res = _invoke(report, [*stores, "--out", out])
     assert res.exit_code == 0, res.output
-    parser = _Images()
-    parser.feed(out.read_text(encoding="utf-8"))
-    assert parser.srcs
-    for src in parser.srcs:
+    parser = _parse(out)
+    assert parser.images
+    for src in parser.images:
         head, data = src.split(",", 1)
         assert head == "data:image/png;base64"
         assert base64.b64decode(data, validate=True)[:8] == b"\x89PNG\r\n\x1a\n"
     trees = [open_run(s) for s in stores]
     made = sum(len(figures(m, m.analyze(t))) for t in trees for m in applicable(t))
     made += len(figures(COMPARE, COMPARE.analyze(trees)))
-    assert len(parser.srcs) == made
+    assert len(parser.images) == made
     assert not out.with_suffix(".pdf").exists()
 
 
