@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .store import Variable
+from .weight_step import WeightStep, weight_step
 
 
 def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -41,9 +41,13 @@ def _angle_from_products(ab: torch.Tensor, aa: torch.Tensor, bb: torch.Tensor) -
 
 
 def gram_is_cheaper(x: torch.Tensor, delta: torch.Tensor) -> bool:
-    """Is the Gram form of ⟨G_rule, G_bp⟩ cheaper than forming G_bp = δᵀx (R rows)?"""
+    """Is the Gram form of ``update_angle`` cheaper than forming G_bp = δᵀx?
+
+    With R rows, n_in inputs and n_out outputs the Gram form costs R²·(n_in + 2·n_out)
+    multiply-adds and forming the gradient R·n_in·n_out.
+    """
     rows, n_in, n_out = x.shape[0], x.shape[1], delta.shape[1]
-    return delta.shape[0] == rows and rows * (n_in + n_out) < n_in * n_out
+    return delta.shape[0] == rows and rows * (n_in + 2 * n_out) < n_in * n_out
 
 
 def update_angle(
@@ -55,19 +59,20 @@ def update_angle(
 ) -> torch.Tensor:
     """Angle between the rule's weight gradient and the true one, in degrees.
 
-    A Linear layer's gradient is G = δᵀx over the rows of a batch, so inner products of two
-    such gradients need only the R×R Gram matrices: ⟨δ₁ᵀx, δ₂ᵀx⟩ = Σ (x xᵀ) ⊙ (δ₁ δ₂ᵀ).
-    With few rows this is much cheaper than forming the true gradient, which the BP pass then
-    skips (``bp_grad is None``).
+    A Linear layer's gradient is G = δᵀx over the R rows of a batch, so inner products of two
+    such gradients need only the R×R Gram matrix K = x xᵀ: ⟨δ₁ᵀx, δ₂ᵀx⟩ = ⟨δ₁, K δ₂⟩. With
+    few rows this is much cheaper than forming the true gradient, which the BP pass then skips
+    (``bp_grad is None``).
     """
     if bp_grad is not None:
         return angle(rule_grad, bp_grad)
     if torch.equal(rule_delta, bp_delta):  # same error, same input: the same gradient
         return torch.zeros((), dtype=torch.float64, device=rule_grad.device)
-    gram = (x @ x.T).double()  # R×R: BLAS in the run's precision, products summed in float64
-    rb = (gram * (rule_delta @ bp_delta.T).double()).sum()
-    bb = (gram * (bp_delta @ bp_delta.T).double()).sum()
-    rr = (gram * (rule_delta @ rule_delta.T).double()).sum()
+    gram = x @ x.T  # BLAS in the run's precision; the sums over outputs in float64
+    rule, bp = rule_delta.double().reshape(-1), bp_delta.double().reshape(-1)
+    k_rule = (gram @ rule_delta).double().reshape(-1)
+    k_bp = (gram @ bp_delta).double().reshape(-1)
+    rb, rr, bb = torch.dot(rule, k_bp), torch.dot(rule, k_rule), torch.dot(bp, k_bp)
     return _angle_from_products(rb, rr, bb)
 
 
@@ -76,7 +81,7 @@ class StepContext:
     """What one probe step leaves behind, per layer, in the order of ``names``."""
 
     names: list[str]
-    weights_before: list[torch.Tensor]  # a reused buffer: WeightChangeProbe consumes it
+    weights_before: list[torch.Tensor]  # a buffer the trainer reuses from step to step
     weights_after: list[torch.Tensor]
     feedback: list[torch.Tensor | None]
     rule_grads: list[torch.Tensor]
@@ -85,14 +90,15 @@ class StepContext:
     bp_deltas: list[torch.Tensor]
     inputs: list[torch.Tensor | None]  # the layer's input rows (Linear layers)
     attempted: list[torch.Tensor | int]
-    _weight_sq: dict[int, torch.Tensor] = field(default_factory=dict)
+    _weight_steps: dict[int, WeightStep] = field(default_factory=dict)
 
-    def weight_sq_norm(self, i: int) -> torch.Tensor:
-        """|W|² after the step (float64), computed once for the probes that share it."""
-        if i not in self._weight_sq:
-            w = self.weights_after[i].reshape(-1)
-            self._weight_sq[i] = torch.dot(w, w).double()
-        return self._weight_sq[i]
+    def weight_step(self, i: int) -> WeightStep:
+        """Layer ``i``'s reductions over W before, W after and B: one sweep, shared by probes."""
+        if i not in self._weight_steps:
+            self._weight_steps[i] = weight_step(
+                self.weights_before[i], self.weights_after[i], self.feedback[i]
+            )
+        return self._weight_steps[i]
 
 
 class Probe:
@@ -121,14 +127,11 @@ class AngleProbe(Probe):
     )
 
     def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
-        w, b = ctx.weights_after[i], ctx.feedback[i]
-        if b is None:  # BP: the feedback is W itself
-            feedback = torch.zeros((), dtype=torch.float64, device=w.device)
+        stats = ctx.weight_step(i)
+        if stats.feedback_dot is None:  # BP: the feedback is W itself
+            feedback = torch.zeros((), dtype=torch.float64, device=stats.weight_sq.device)
         else:
-            wb = torch.dot(w.reshape(-1), b.reshape(-1)).double()
-            feedback = _angle_from_products(
-                wb, ctx.weight_sq_norm(i), torch.dot(b.reshape(-1), b.reshape(-1)).double()
-            )
+            feedback = _angle_from_products(stats.feedback_dot, stats.weight_sq, stats.feedback_sq)
         return [
             update_angle(
                 ctx.rule_grads[i],
@@ -143,11 +146,7 @@ class AngleProbe(Probe):
 
 
 class WeightChangeProbe(Probe):
-    """How W moved in the step: norms, sign changes, zeros.
-
-    The weights from before the step live in a buffer the trainer reuses, so this probe may
-    overwrite it: it is the last reader. Each quantity costs one pass over the weights.
-    """
+    """How W moved in the step: norms, sign changes, zeros (see ``weight_step``)."""
 
     variables = (
         Variable("weight_norm", True, "1", "Frobenius norm of W after the step"),
@@ -163,27 +162,11 @@ class WeightChangeProbe(Probe):
     )
 
     def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
-        before, after = ctx.weights_before[i], ctx.weights_after[i]
-        flips, zeros = sign_counts(before, after)
-        update = torch.linalg.vector_norm(before.sub_(after))  # in place: before is scratch now
-        attempted = torch.as_tensor(ctx.attempted[i], device=after.device)
-        zeroed = zeros.to(after.device) / after.numel()
-        return [ctx.weight_sq_norm(i).sqrt(), update, flips.to(after.device), attempted, zeroed]
-
-
-def sign_counts(before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights whose sign changed (strictly: one side negative, the other positive) and
-    weights exactly zero after, as 0-d int64 tensors.
-
-    On the CPU numpy does it: its vectorised comparisons and counts are several times faster
-    than torch's boolean kernels, and this runs over every weight on every probe step.
-    """
-    if after.device.type == "cpu" and after.dtype in (torch.float32, torch.float64):
-        b, a = before.detach().numpy(), after.detach().numpy()
-        flips = np.count_nonzero(np.less(np.multiply(b, a), 0))
-        zeros = np.count_nonzero(np.equal(a, 0))
-        return torch.tensor(flips), torch.tensor(zeros)
-    return torch.count_nonzero(before * after < 0), after.numel() - torch.count_nonzero(after)
+        stats = ctx.weight_step(i)
+        device = stats.weight_sq.device
+        attempted = torch.as_tensor(ctx.attempted[i], device=device)
+        zeroed = stats.zeros / ctx.weights_after[i].numel()
+        return [stats.weight_sq.sqrt(), stats.update_sq.sqrt(), stats.sign_flips, attempted, zeroed]
 
 
 PROBES: tuple[Probe, ...] = (AngleProbe(), WeightChangeProbe())

@@ -295,7 +295,8 @@ class Trainer:
 
 def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stack tensors (N, ..., F) into one (rows, F) matrix: one row per sample (and time step)."""
-    return torch.cat([t.detach().reshape(-1, t.shape[-1]) for t in tensors])
+    rows = [t.detach().reshape(-1, t.shape[-1]) for t in tensors]
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
 def _per_layer(grads: tuple, counts: list[int]) -> list[torch.Tensor]:

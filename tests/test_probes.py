@@ -42,23 +42,46 @@ def test_gram_not_chosen_when_rows_outnumber_features():
     assert gram_is_cheaper(torch.zeros(100, 3072), torch.zeros(100, 512))
 
 
-def test_sign_counts_numpy_and_torch_paths_agree_with_a_direct_count():
-    from dynalign.probes import sign_counts
+def _direct_weight_step(before, after, feedback):
+    """The same reductions element by element in Python floats (float64)."""
+    b, a = before.flatten().tolist(), after.flatten().tolist()
+    f = feedback.flatten().tolist()
+    return {
+        "weight_sq": sum(x * x for x in a),
+        "update_sq": sum((x - y) ** 2 for x, y in zip(b, a, strict=True)),
+        "sign_flips": sum(1 for x, y in zip(b, a, strict=True) if (x < 0 < y) or (y < 0 < x)),
+        "zeros": sum(1 for y in a if y == 0),
+        "feedback_dot": sum(x * y for x, y in zip(a, f, strict=True)),
+        "feedback_sq": sum(x * x for x in f),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_weight_step_equals_a_direct_computation(dtype):
+    """The compiled CPU sweep (float32, float64) and the tensor path (float16) against Python
+    arithmetic, with zeros before and after and flips between values so small that their
+    product underflows float32."""
+    from dynalign.weight_step import weight_step
 
     g = torch.Generator().manual_seed(3)
-    before = torch.randn(300, 200, generator=g)
-    after = before + 0.3 * torch.randn(300, 200, generator=g)
+    before = torch.randn(300, 230, generator=g, dtype=torch.float64)
+    after = before + 0.3 * torch.randn(300, 230, generator=g, dtype=torch.float64)
+    feedback = torch.randn(300, 230, generator=g, dtype=torch.float64)
     after[:5] = 0.0  # zeroed weights: not flips
     before[5:8] = 0.0  # weights growing from zero: not flips either
-    expected_flips = sum(
-        1
-        for b, a in zip(before.flatten().tolist(), after.flatten().tolist(), strict=True)
-        if b * a < 0
-    )
-    expected_zeros = sum(1 for a in after.flatten().tolist() if a == 0)
-    assert 0 < expected_flips and expected_zeros == 1000
-    flips, zeros = sign_counts(before, after)  # numpy path (CPU float)
-    assert (int(flips), int(zeros)) == (expected_flips, expected_zeros)
-    flips, zeros = sign_counts(before.half(), after.half())  # torch path
-    assert int(zeros) == expected_zeros
-    assert abs(int(flips) - expected_flips) <= 5  # half precision may round tiny products to 0
+    before[290, :4], after[290, :4] = 1e-30, torch.tensor([-1e-30, 1e-30, -2e-30, 0.0])
+    before, after, feedback = before.to(dtype), after.to(dtype), feedback.to(dtype)
+    if dtype == torch.float16:  # 1e-30 is zero in half precision: keep the tiny flips in range
+        before[290, :4], after[290, :4] = 1e-7, torch.tensor([-1e-7, 1e-7, -1e-7, 0.0])
+    expected = _direct_weight_step(before.double(), after.double(), feedback.double())
+    assert 0 < expected["sign_flips"] and expected["zeros"] >= 5 * 230
+    got = weight_step(before, after, feedback)
+    assert int(got.sign_flips) == expected["sign_flips"]
+    assert int(got.zeros) == expected["zeros"]
+    rel = 1e-3 if dtype == torch.float16 else 1e-12  # the sweep sums in float64
+    for name in ("weight_sq", "update_sq", "feedback_dot", "feedback_sq"):
+        value = float(getattr(got, name))
+        assert value == pytest.approx(expected[name], rel=rel, abs=rel), name
+    without = weight_step(before, after, None)
+    assert without.feedback_dot is None and without.feedback_sq is None
+    assert float(without.weight_sq) == pytest.approx(float(got.weight_sq), rel=1e-12)

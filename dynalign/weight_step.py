@@ -1,0 +1,106 @@
+"""How a layer's weights moved in one step: norms, sign flips and zeros, in one sweep.
+
+These reductions run over every weight on every probe step. Done as separate tensor
+operations, each one streams the whole weight matrix from memory again (or writes a
+temporary as large as it), and for a 512×3072 layer that made them the larger part of a probe
+step. On the CPU one compiled loop (numba) does all of them in a single pass over W before, W
+after and B, with float64 accumulators. Other devices (CUDA) run plain tensor expressions,
+where memory bandwidth is not the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class WeightStep:
+    """Reductions over one layer's weights for one step, as 0-d float64 tensors (counts exact)."""
+
+    weight_sq: torch.Tensor  # |W|² after the step
+    update_sq: torch.Tensor  # |W_after − W_before|²
+    sign_flips: torch.Tensor  # weights negative on one side of the step and positive on the other
+    zeros: torch.Tensor  # weights exactly zero after the step
+    feedback_dot: torch.Tensor | None  # ⟨W_after, B⟩; None without a feedback tensor
+    feedback_sq: torch.Tensor | None  # |B|²
+
+
+def weight_step(
+    before: torch.Tensor, after: torch.Tensor, feedback: torch.Tensor | None = None
+) -> WeightStep:
+    """Reductions over W before and after a step (and B, when given) in one pass over memory."""
+    tensors = [t for t in (before, after, feedback) if t is not None]
+    if all(_sweepable(t, after.dtype) for t in tensors):
+        arrays = [t.detach().reshape(-1).numpy() for t in tensors]
+        values = _compiled_sweep()(
+            arrays[0], arrays[1], arrays[2] if feedback is not None else None
+        )
+    else:
+        values = _torch(before, after, feedback)
+    return WeightStep(*(None if v is None else _as_float64(v, after.device) for v in values))
+
+
+def _sweepable(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    return (
+        t.device.type == "cpu"
+        and t.dtype == dtype
+        and t.dtype in (torch.float32, torch.float64)
+        and t.is_contiguous()
+    )
+
+
+def _as_float64(value, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64)
+    return torch.tensor(value, dtype=torch.float64, device=device)
+
+
+_SWEEP = None
+
+
+def _compiled_sweep():
+    """``_sweep`` compiled (once per process, cached on disk); numba is imported on first use."""
+    global _SWEEP
+    if _SWEEP is None:
+        import numba
+
+        # reassoc lets the compiler vectorise the sums; no other fast-math: NaN compares stay
+        # false and zeros keep their sign, so the counts are exact
+        _SWEEP = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})(_sweep)
+    return _SWEEP
+
+
+def _sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None) -> tuple:
+    weight_sq = update_sq = feedback_dot = feedback_sq = 0.0
+    flips = zeros = 0
+    for i in range(after.size):
+        a, b = np.float64(after[i]), np.float64(before[i])  # float32 products are exact here
+        weight_sq += a * a
+        d = b - a
+        update_sq += d * d
+        flips += ((b > 0) & (a < 0)) | ((b < 0) & (a > 0))
+        zeros += a == 0
+        if feedback is not None:
+            f = np.float64(feedback[i])
+            feedback_dot += a * f
+            feedback_sq += f * f
+    if feedback is None:
+        return weight_sq, update_sq, flips, zeros, None, None
+    return weight_sq, update_sq, flips, zeros, feedback_dot, feedback_sq
+
+
+def _torch(before, after, feedback) -> tuple:
+    b, a = before.detach().reshape(-1), after.detach().reshape(-1)
+    wide = torch.float64 if a.dtype == torch.float64 else torch.float32
+    aw = a.to(wide)
+    update = b.to(wide) - aw
+    flips = torch.count_nonzero((b > 0) & (a < 0)) + torch.count_nonzero((b < 0) & (a > 0))
+    zeros = a.numel() - torch.count_nonzero(a)
+    feedback_dot = feedback_sq = None
+    if feedback is not None:
+        fw = feedback.detach().reshape(-1).to(wide)
+        feedback_dot, feedback_sq = torch.dot(aw, fw), torch.dot(fw, fw)
+    return torch.dot(aw, aw), torch.dot(update, update), flips, zeros, feedback_dot, feedback_sq
