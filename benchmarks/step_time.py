@@ -10,7 +10,7 @@ Variants are timed in interleaved rounds and each reports its median time per st
 machine that is busy for a while slows all of them alike. Peak memory (max RSS of a fresh
 process) is then measured for runs that record 2,000 and 20,000 steps with every probe.
 
-    python benchmarks/step_time.py [--steps 40] [--rounds 7] [--threads 1] [--skip-memory]
+    python benchmarks/step_time.py [--steps 40] [--rounds 11] [--threads 1] [--skip-memory]
                                    [--skip-timing]
 """
 
@@ -191,7 +191,7 @@ def memory(counts=(2000, 20000)) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")

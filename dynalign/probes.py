@@ -1,9 +1,9 @@
 """Per-layer probes: what the rule's update looks like next to the true gradient.
 
 Each probe declares the variables it writes (name, units, meaning) and computes them for every
-layer from a ``StepContext`` the trainer fills on probe steps. All values of a step are computed
-as tensors on the run's device and moved to the host once, so probing costs a few elementwise
-passes over the weights and a single transfer.
+layer from a ``StepContext`` the trainer fills on probe steps. Reductions run on the run's
+device; each group of them (a layer's weight sweep, the three products behind an angle)
+comes to the host in one transfer, where the angles are computed in float64.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .store import Variable
 from .weight_step import WeightStep, weight_step
 
 
-def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def angle(a: torch.Tensor, b: torch.Tensor) -> float:
     """Angle between two tensors seen as vectors, in degrees; NaN if either is zero.
 
     Three dot products (one pass each) give the cosine; the angle is atan2(|sin|, cos) in
@@ -26,18 +27,23 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     the rounding residue of the dot products.
     """
     a, b = a.reshape(-1), b.reshape(-1)
-    ab, aa, bb = (torch.dot(a, b).double(), torch.dot(a, a).double(), torch.dot(b, b).double())
-    if ab * ab > (1 - 1e-12) * aa * bb and ab > 0 and (a is b or torch.equal(a, b)):
-        return torch.zeros((), dtype=torch.float64, device=a.device)
-    return _angle_from_products(ab, aa, bb)
+    ab, aa, bb = _host(torch.dot(a, b), torch.dot(a, a), torch.dot(b, b))
+    if ab > 0 and ab * ab > (1 - 1e-12) * aa * bb and (a is b or torch.equal(a, b)):
+        return 0.0
+    return angle_from_products(ab, aa, bb)
 
 
-def _angle_from_products(ab: torch.Tensor, aa: torch.Tensor, bb: torch.Tensor) -> torch.Tensor:
-    """Degrees from ⟨a,b⟩, |a|², |b|² (float64); NaN when either vector is zero."""
+def angle_from_products(ab: float, aa: float, bb: float) -> float:
+    """Degrees from ⟨a,b⟩, |a|², |b|²; NaN when either vector is zero."""
     if aa == 0 or bb == 0:
-        return torch.tensor(math.nan, dtype=torch.float64, device=ab.device)
-    cos = (ab / torch.sqrt(aa * bb)).clamp(-1, 1)
-    return torch.atan2(torch.sqrt(1 - cos * cos), cos) * (180 / math.pi)
+        return math.nan
+    cos = min(1.0, max(-1.0, ab / math.sqrt(aa * bb)))
+    return math.degrees(math.atan2(math.sqrt(1 - cos * cos), cos))
+
+
+def _host(*values: torch.Tensor) -> list[float]:
+    """0-d tensors as Python floats (float64), in one transfer from the device."""
+    return torch.stack([v.to(torch.float64) for v in values]).tolist()
 
 
 def gram_is_cheaper(x: torch.Tensor, delta: torch.Tensor) -> bool:
@@ -56,7 +62,7 @@ def update_angle(
     x: torch.Tensor | None,
     rule_delta: torch.Tensor,
     bp_delta: torch.Tensor,
-) -> torch.Tensor:
+) -> float:
     """Angle between the rule's weight gradient and the true one, in degrees.
 
     A Linear layer's gradient is G = δᵀx over the R rows of a batch, so inner products of two
@@ -67,13 +73,14 @@ def update_angle(
     if bp_grad is not None:
         return angle(rule_grad, bp_grad)
     if torch.equal(rule_delta, bp_delta):  # same error, same input: the same gradient
-        return torch.zeros((), dtype=torch.float64, device=rule_grad.device)
+        return 0.0
     gram = x @ x.T  # BLAS in the run's precision; the sums over outputs in float64
     rule, bp = rule_delta.double().reshape(-1), bp_delta.double().reshape(-1)
     k_rule = (gram @ rule_delta).double().reshape(-1)
     k_bp = (gram @ bp_delta).double().reshape(-1)
-    rb, rr, bb = torch.dot(rule, k_bp), torch.dot(rule, k_rule), torch.dot(bp, k_bp)
-    return _angle_from_products(rb, rr, bb)
+    return angle_from_products(
+        *_host(torch.dot(rule, k_bp), torch.dot(rule, k_rule), torch.dot(bp, k_bp))
+    )
 
 
 @dataclass
@@ -104,8 +111,8 @@ class StepContext:
 class Probe:
     variables: tuple[Variable, ...] = ()
 
-    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
-        """Values of ``variables`` for layer ``i`` (0-d tensors)."""
+    def compute(self, ctx: StepContext, i: int) -> list[float]:
+        """Values of ``variables`` for layer ``i``."""
         raise NotImplementedError
 
 
@@ -126,12 +133,12 @@ class AngleProbe(Probe):
         Variable("feedback_angle", True, "degree", "angle between forward weight W and feedback B"),
     )
 
-    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
+    def compute(self, ctx: StepContext, i: int) -> list[float]:
         stats = ctx.weight_step(i)
         if stats.feedback_dot is None:  # BP: the feedback is W itself
-            feedback = torch.zeros((), dtype=torch.float64, device=stats.weight_sq.device)
+            feedback = 0.0
         else:
-            feedback = _angle_from_products(stats.feedback_dot, stats.weight_sq, stats.feedback_sq)
+            feedback = angle_from_products(stats.feedback_dot, stats.weight_sq, stats.feedback_sq)
         return [
             update_angle(
                 ctx.rule_grads[i],
@@ -161,12 +168,15 @@ class WeightChangeProbe(Probe):
         Variable("zeroed_fraction", True, "1", "fraction of weights exactly zero after the step"),
     )
 
-    def compute(self, ctx: StepContext, i: int) -> list[torch.Tensor]:
+    def compute(self, ctx: StepContext, i: int) -> list[float]:
         stats = ctx.weight_step(i)
-        device = stats.weight_sq.device
-        attempted = torch.as_tensor(ctx.attempted[i], device=device)
-        zeroed = stats.zeros / ctx.weights_after[i].numel()
-        return [stats.weight_sq.sqrt(), stats.update_sq.sqrt(), stats.sign_flips, attempted, zeroed]
+        return [
+            math.sqrt(stats.weight_sq),
+            math.sqrt(stats.update_sq),
+            stats.sign_flips,
+            float(ctx.attempted[i]),
+            stats.zeros / ctx.weights_after[i].numel(),
+        ]
 
 
 PROBES: tuple[Probe, ...] = (AngleProbe(), WeightChangeProbe())
@@ -176,11 +186,9 @@ def probe_variables() -> tuple[Variable, ...]:
     return tuple(v for p in PROBES for v in p.variables)
 
 
-def run_probes(ctx: StepContext) -> dict[str, list[float]]:
-    """Every probe for every layer: ``{variable: [value per layer]}`` on the host."""
+def run_probes(ctx: StepContext) -> dict[str, np.ndarray]:
+    """Every probe for every layer: ``{variable: [value per layer]}``."""
     names = [v.name for v in probe_variables()]
-    rows = []
-    for i in range(len(ctx.names)):
-        rows.append(torch.stack([v.double() for p in PROBES for v in p.compute(ctx, i)]))
-    table = torch.stack(rows, dim=1).cpu().numpy()  # (variables, layers): one transfer
+    rows = [[v for p in PROBES for v in p.compute(ctx, i)] for i in range(len(ctx.names))]
+    table = np.array(rows, dtype=np.float64).T  # (variables, layers)
     return dict(zip(names, table, strict=True))

@@ -2,14 +2,17 @@
 
 ``RunWriter`` creates every array up front (resizable along time), buffers rows in fixed-size
 numpy blocks and appends them a chunk at a time, so memory stays flat however long the run is,
-and a run that stops early leaves every completed chunk on disk. ``open_run`` checks that a path
-holds a dynalign run and opens it lazily.
+and a run that stops early leaves every completed chunk on disk. Weight snapshots, the large
+writes, go to disk on a background thread while training goes on: one at a time, each copied
+before the next step changes the weights. ``open_run`` checks that a path holds a dynalign run
+and opens it lazily.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,6 +131,8 @@ class RunWriter:
                 )
             shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
         self.layers = list(layers)
+        self._io: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
         self.root = zarr.open_group(str(self.path), mode="w", zarr_format=3)
         self.root.attrs.update(
             {
@@ -241,13 +246,33 @@ class RunWriter:
         weights: dict[str, np.ndarray],
         feedback: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """Copy W (and B) now; write them on the background thread (see ``close``)."""
+        self._finish_snapshot()  # its buffers are about to be refilled
         for name, app in self.snapshots.items():
             i = app.row()
             app.buffers["snapshot_step"][i] = step
             app.buffers["weight"][i] = weights[name]
             if feedback is not None and "feedback" in app.buffers:
                 app.buffers["feedback"][i] = feedback[name]
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-snapshot")
+        self._pending = self._io.submit(self._flush_snapshots)
+
+    def _flush_snapshots(self) -> None:
+        for app in self.snapshots.values():
             app.flush()
+
+    def _finish_snapshot(self) -> None:
+        """Wait for the snapshot being written; its error, if any, is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as err:
+            raise StoreError(
+                f"writing a weight snapshot to {self.path} failed ({type(err).__name__}: {err})"
+            ) from err
 
     def reconstruction(self, step: int, values: np.ndarray) -> None:
         app = self.reconstructions
@@ -277,10 +302,23 @@ class RunWriter:
         arr[...] = values
 
     def close(self, status: str, message: str = "", **attrs: Any) -> None:
+        """Finish every write and set the final status; a failed snapshot write makes it
+        ``failed`` (and is raised once the store is consistent)."""
         assert status in STATUSES, status
+        error = None
+        try:
+            self._finish_snapshot()
+        except StoreError as err:
+            error, status, message = err, "failed", str(err)
+        finally:
+            if self._io is not None:
+                self._io.shutdown()
+                self._io = None
         self.steps.flush()
         self.epochs.flush()
         self.root.attrs.update({"status": status, "message": message, **attrs})
+        if error is not None:
+            raise error
 
 
 def open_run(path: str | Path) -> xr.DataTree:

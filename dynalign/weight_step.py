@@ -18,14 +18,14 @@ import torch
 
 @dataclass(frozen=True)
 class WeightStep:
-    """Reductions over one layer's weights for one step, as 0-d float64 tensors (counts exact)."""
+    """Reductions over one layer's weights for one step."""
 
-    weight_sq: torch.Tensor  # |W|² after the step
-    update_sq: torch.Tensor  # |W_after − W_before|²
-    sign_flips: torch.Tensor  # weights negative on one side of the step and positive on the other
-    zeros: torch.Tensor  # weights exactly zero after the step
-    feedback_dot: torch.Tensor | None  # ⟨W_after, B⟩; None without a feedback tensor
-    feedback_sq: torch.Tensor | None  # |B|²
+    weight_sq: float  # |W|² after the step
+    update_sq: float  # |W_after − W_before|²
+    sign_flips: int  # weights negative on one side of the step and positive on the other
+    zeros: int  # weights exactly zero after the step
+    feedback_dot: float | None  # ⟨W_after, B⟩; None without a feedback tensor
+    feedback_sq: float | None  # |B|²
 
 
 def weight_step(
@@ -40,7 +40,15 @@ def weight_step(
         )
     else:
         values = _torch(before, after, feedback)
-    return WeightStep(*(None if v is None else _as_float64(v, after.device) for v in values))
+    weight_sq, update_sq, flips, zeros, feedback_dot, feedback_sq = values
+    return WeightStep(
+        float(weight_sq),
+        float(update_sq),
+        int(flips),
+        int(zeros),
+        None if feedback_dot is None else float(feedback_dot),
+        None if feedback_sq is None else float(feedback_sq),
+    )
 
 
 def _sweepable(t: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -50,12 +58,6 @@ def _sweepable(t: torch.Tensor, dtype: torch.dtype) -> bool:
         and t.dtype in (torch.float32, torch.float64)
         and t.is_contiguous()
     )
-
-
-def _as_float64(value, device: torch.device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.float64)
-    return torch.tensor(value, dtype=torch.float64, device=device)
 
 
 _SWEEP = None
@@ -93,14 +95,19 @@ def _sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None) -
 
 
 def _torch(before, after, feedback) -> tuple:
+    """The same reductions as tensor expressions, brought to the host in one transfer."""
     b, a = before.detach().reshape(-1), after.detach().reshape(-1)
     wide = torch.float64 if a.dtype == torch.float64 else torch.float32
     aw = a.to(wide)
     update = b.to(wide) - aw
-    flips = torch.count_nonzero((b > 0) & (a < 0)) + torch.count_nonzero((b < 0) & (a > 0))
-    zeros = a.numel() - torch.count_nonzero(a)
-    feedback_dot = feedback_sq = None
+    values = [
+        torch.dot(aw, aw),
+        torch.dot(update, update),
+        torch.count_nonzero((b > 0) & (a < 0)) + torch.count_nonzero((b < 0) & (a > 0)),
+        a.numel() - torch.count_nonzero(a),
+    ]
     if feedback is not None:
         fw = feedback.detach().reshape(-1).to(wide)
-        feedback_dot, feedback_sq = torch.dot(aw, fw), torch.dot(fw, fw)
-    return torch.dot(aw, aw), torch.dot(update, update), flips, zeros, feedback_dot, feedback_sq
+        values += [torch.dot(aw, fw), torch.dot(fw, fw)]
+    host = torch.stack([v.to(torch.float64) for v in values]).tolist()
+    return (*host, None, None) if feedback is None else tuple(host)

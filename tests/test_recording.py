@@ -148,6 +148,30 @@ def test_divergence_ends_cleanly(tmp_path, tiny_config):
     assert tree["snapshots/fc1"].ds.sizes["snapshot"] >= 2  # initial and at divergence
 
 
+def test_a_failed_snapshot_write_fails_the_run_with_a_readable_store(
+    tmp_path, tiny_config, monkeypatch
+):
+    """Snapshots are written on a background thread; its error reaches the caller."""
+    import threading
+
+    from dynalign import store
+
+    flush = store._Appender.flush
+
+    def disk_full_for_snapshots(self):
+        if threading.current_thread().name.startswith("dynalign-snapshot"):
+            raise OSError("No space left on device")
+        flush(self)
+
+    monkeypatch.setattr(store._Appender, "flush", disk_full_for_snapshots)
+    out = tmp_path / "full.zarr"
+    with pytest.raises(StoreError, match="snapshot.*No space left"):
+        record(tiny_config(**{"probes.snapshot_every": 3}), out, progress=False)
+    tree = open_run(out)
+    assert tree.attrs["status"] == "failed" and "No space left" in tree.attrs["message"]
+    assert tree["steps"].sizes["step"] >= 1  # the rows written before the failure are kept
+
+
 def test_existing_store_is_not_touched(tmp_path, tiny_config):
     cfg = tiny_config()
     out = tmp_path / "x.zarr"
