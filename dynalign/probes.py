@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .store import Variable
-from .weight_step import WeightStep, weight_step
+from .weight_step import WeightStep, host_floats, weight_step
 
 
 def angle(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -27,7 +27,7 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
     the rounding residue of the dot products.
     """
     a, b = a.reshape(-1), b.reshape(-1)
-    ab, aa, bb = _host(torch.dot(a, b), torch.dot(a, a), torch.dot(b, b))
+    ab, aa, bb = host_floats(torch.dot(a, b), torch.dot(a, a), torch.dot(b, b))
     if ab > 0 and ab * ab > (1 - 1e-12) * aa * bb and (a is b or torch.equal(a, b)):
         return 0.0
     return angle_from_products(ab, aa, bb)
@@ -39,11 +39,6 @@ def angle_from_products(ab: float, aa: float, bb: float) -> float:
         return math.nan
     cos = min(1.0, max(-1.0, ab / math.sqrt(aa * bb)))
     return math.degrees(math.atan2(math.sqrt(1 - cos * cos), cos))
-
-
-def _host(*values: torch.Tensor) -> list[float]:
-    """0-d tensors as Python floats (float64), in one transfer from the device."""
-    return torch.stack([v.to(torch.float64) for v in values]).tolist()
 
 
 def gram_is_cheaper(x: torch.Tensor, delta: torch.Tensor) -> bool:
@@ -79,7 +74,7 @@ def update_angle(
     k_rule = (gram @ rule_delta).double().reshape(-1)
     k_bp = (gram @ bp_delta).double().reshape(-1)
     return angle_from_products(
-        *_host(torch.dot(rule, k_bp), torch.dot(rule, k_rule), torch.dot(bp, k_bp))
+        *host_floats(torch.dot(rule, k_bp), torch.dot(rule, k_rule), torch.dot(bp, k_bp))
     )
 
 

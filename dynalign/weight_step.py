@@ -109,5 +109,10 @@ def _torch(before, after, feedback) -> tuple:
     if feedback is not None:
         fw = feedback.detach().reshape(-1).to(wide)
         values += [torch.dot(aw, fw), torch.dot(fw, fw)]
-    host = torch.stack([v.to(torch.float64) for v in values]).tolist()
+    host = host_floats(*values)
     return (*host, None, None) if feedback is None else tuple(host)
+
+
+def host_floats(*values: torch.Tensor) -> list[float]:
+    """0-d tensors as Python floats (float64), in one transfer from the device."""
+    return torch.stack([v.to(torch.float64) for v in values]).tolist()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -63,7 +61,3 @@ class MLP(Network):
         for module in self.children():
             x = module(x)
         return x
-
-
-def flat_size(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
