@@ -49,7 +49,7 @@ def open_tree(run: str | Path | xr.DataTree) -> xr.DataTree:
     with a one-line message when the path is missing, not zarr, not a dynalign run or damaged)."""
     if isinstance(run, xr.DataTree):
         return run
-    from dynalign.store import open_run
+    from dynalign.reader import open_run
 
     return open_run(run)
 

@@ -11,9 +11,12 @@ figure is dropped once written, so memory does not grow with the number of runs.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
+import os
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -204,6 +207,37 @@ def _contents(trees: list[xr.DataTree]) -> str:
     return f'<nav><ul>{items}<li><a href="#compare">Comparison</a></li></ul></nav>'
 
 
+def check_out_path(out_html: str | Path) -> Path:
+    """The report's path, or AnalysisError for one that cannot be written (checked before any
+    store is read)."""
+    out_html = Path(out_html)
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise AnalysisError(
+            f"--out {out_html} should end in .html; give --out a name like report.html"
+        )
+    for path in (out_html, out_html.with_suffix(".pdf")):
+        if path.is_dir():
+            raise AnalysisError(f"--out: {path} is a directory; give --out another file name")
+    for parent in out_html.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AnalysisError(
+                    f"--out {out_html}: {parent} is a file, not a folder; choose another --out"
+                )
+            break
+    return out_html
+
+
+def _temporary(target: Path) -> Path:
+    """An empty file beside ``target`` to write into, renamed over it only once complete."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would make the report private
+    return Path(name)
+
+
 def write_report(
     trees_or_paths: Iterable[xr.DataTree | str | Path],
     out_html: str | Path,
@@ -212,32 +246,47 @@ def write_report(
 ) -> Path:
     """Write the report to ``out_html`` (and ``<same name>.pdf`` beside it when ``pdf``).
 
-    Paths are opened with ``dynalign.store.open_run`` (a StoreError names a bad one). Returns
-    the HTML path.
+    Paths are opened with ``dynalign.open_run`` (a StoreError names a bad one). Returns
+    the HTML path. Both files are written to temporaries and renamed into place only when the
+    whole report is done, so a failure (or Ctrl-C) leaves no partial file and no new folder.
     """
     runs = list(trees_or_paths)
     if not runs:
         raise AnalysisError("no runs to report on; pass one or more run stores")
-    out_html = Path(out_html)
-    if out_html.suffix.lower() not in (".html", ".htm"):
-        raise AnalysisError(f"{out_html} should end in .html; the report is one HTML page")
+    out_html = check_out_path(out_html)
+    created = [p for p in reversed(out_html.parents) if not p.exists()]
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out = _Writer(out_html.with_suffix(".pdf") if pdf else None)
-    title = "dynalign report"
+    temporaries: list[Path] = []
     try:
-        out.heading(1, title)
-        out.paragraph(f"{len(runs)} run{'s' if len(runs) != 1 else ''}; generated {now_iso()}")
-        show = progress and len(runs) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
-        trees = []
-        for i, run in enumerate(tqdm(runs, desc="report", unit="run", disable=not show)):
-            tree = open_tree(run)
-            trees.append(tree)
-            _run_section(out, tree, i)
-        if len(trees) > 1:
-            out.heading(2, "Comparison", anchor="compare")
-            _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")
-            out.parts.insert(2, _contents(trees))  # after the title and the intro line
-    finally:
-        out.close()
-    out_html.write_text(out.page(title), encoding="utf-8")
+        temporaries.append(_temporary(out_html))
+        if pdf:
+            temporaries.append(_temporary(out_html.with_suffix(".pdf")))
+        out = _Writer(temporaries[1] if pdf else None)
+        title = "dynalign report"
+        try:
+            out.heading(1, title)
+            out.paragraph(f"{len(runs)} run{'s' if len(runs) != 1 else ''}; generated {now_iso()}")
+            show = progress and len(runs) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
+            trees = []
+            for i, run in enumerate(tqdm(runs, desc="report", unit="run", disable=not show)):
+                tree = open_tree(run)
+                trees.append(tree)
+                _run_section(out, tree, i)
+            if len(trees) > 1:
+                out.heading(2, "Comparison", anchor="compare")
+                _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")
+                out.parts.insert(2, _contents(trees))  # after the title and the intro line
+        finally:
+            out.close()
+        temporaries[0].write_text(out.page(title), encoding="utf-8")
+        if pdf:
+            os.replace(temporaries[1], out_html.with_suffix(".pdf"))
+        os.replace(temporaries[0], out_html)
+    except BaseException:
+        for path in temporaries:
+            path.unlink(missing_ok=True)
+        for folder in reversed(created):  # only the folders made here, and only if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return out_html

@@ -197,6 +197,26 @@ def _zeroing(
     return out
 
 
+def _too_short(tree: xr.DataTree, st: xr.Dataset, curve: str, n_points: int) -> str:
+    """Why there is too little accuracy to analyse, from what the run recorded (not a guess)."""
+    if tree.attrs.get("task") == "reconstruction":
+        return "this is an autoencoder run, which has no accuracy; unlearning needs a classifier"
+    ep = epochs_group(tree)
+    n_steps = int(st.sizes.get("step", 0))
+    n_epochs = int(ep.sizes.get("epoch", 0)) if ep is not None else 0
+    status = str(tree.attrs.get("status", "unknown"))
+    if curve == "val" and n_steps >= 3:
+        fix = "use the batch curve: --set-param unlearning.curve=batch"
+    elif status in ("running", "interrupted"):
+        fix = "nothing to analyse yet; analyse it again once it has trained longer"
+    else:
+        fix = "record a longer run (raise train.epochs)"
+    return (
+        f"the run recorded {n_steps} steps and {n_epochs} epochs (status {status}), so the "
+        f"{curve} accuracy has {n_points} points and unlearning needs at least 3; {fix}"
+    )
+
+
 def _check_params(curve: str, margin: float, rise_fraction: float) -> None:
     if curve not in CURVES:
         raise AnalysisError(f"curve={curve!r} must be one of {', '.join(CURVES)}")
@@ -234,10 +254,7 @@ def analyze(
     acc = _accuracy(tree, st, curve)
     finite = np.isfinite(acc)
     if finite.sum() < 3:
-        raise AnalysisError(
-            f"the {curve} accuracy has {int(finite.sum())} finite points; unlearning needs a "
-            "classification run with at least 3 (is this an autoencoder run?)"
-        )
+        raise AnalysisError(_too_short(tree, st, curve, int(finite.sum())))
     if window is None:
         window = max(1, int(finite.sum()) // 50)
     window = check_window(window)

@@ -5,10 +5,13 @@ A 3x512 ReLU MLP on 3072-dimensional inputs (CIFAR-10 sized), batch 100, SGD wit
   (b) dynalign, BP, no probes
   (c) dynalign, FA, no probes
   (d) dynalign, FA, every probe on every step, W/B snapshots every 100 steps, store written
+      with commits (at least every 10 s) and a checkpoint every 100 steps (one epoch of the
+      study's 10,000 images)
   (e) the same with probes every 10 steps
 Variants are timed in interleaved rounds and each reports its median time per step, so a
-machine that is busy for a while slows all of them alike. Peak memory (max RSS of a fresh
-process) is then measured for runs that record 2,000 and 20,000 steps with every probe.
+machine that is busy for a while slows all of them alike. The cost of one checkpoint and of
+one commit of this net is timed on its own. Peak memory (max RSS of a fresh process) is then
+measured for runs that record 2,000 and 20,000 steps with every probe.
 
     python benchmarks/step_time.py [--steps 40] [--rounds 11] [--threads 1] [--skip-memory]
                                    [--skip-timing]
@@ -79,6 +82,7 @@ def dynalign_stepper(
             "data.name": "synthetic",
             "probes.every": probe_every,
             "probes.snapshot_every": 100,
+            "probes.checkpoint_every": 100,
         }
     )
     torch.manual_seed(0)
@@ -99,8 +103,11 @@ def dynalign_stepper(
     trainer = Trainer(config, data, model, writer, progress=False)
 
     def step(x, y):
-        return trainer.train_batch(x, y)["loss"]
+        loss = trainer.train_batch(x, y)["loss"]
+        trainer.keep_safe()
+        return loss
 
+    step.trainer = trainer
     return step, writer
 
 
@@ -146,6 +153,19 @@ def timing(steps: int, rounds: int) -> None:
             f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {med / statistics.median(ref):5.2f}"
             f"   fastest {best * 1e3:8.2f} ms   ratio {best / min(ref):5.2f}"
         )
+    trainer = variants["(d) FA, all probes every step + store"].trainer
+    costs = {
+        "checkpoint (weights, B, momentum, generators)": lambda: trainer.checkpoint(False),
+        "commit (rows so far made visible)": trainer.writer.commit,
+    }
+    for name, action in costs.items():
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - start)
+        med = statistics.median(times)
+        print(f"  one {name:<46} {med * 1e3:8.2f} ms  (median of {rounds})")
 
 
 MEMORY_CHILD = """

@@ -6,7 +6,9 @@ one-line ``Error: ...`` (exit code 2) instead of after minutes of work or with a
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,6 +33,8 @@ from analyses.smoothing import run_name
 from dynalign.store import StoreError
 
 COMPARE_NAME = "compare"
+#: parameters the commands set themselves (compare's run names come from the store paths)
+FIXED_PARAMS = {COMPARE_NAME: ("names",)}
 
 
 class InputError(click.ClickException):
@@ -70,18 +74,92 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
             raise InputError(
                 f"--set-param {pair!r}: unknown analysis {name!r}; choose from {', '.join(modules)}"
             )
-        accepted = parameter_names(modules[name])
+        fixed = FIXED_PARAMS.get(name, ())
+        accepted = [p for p in parameter_names(modules[name]) if p not in fixed]
         if key not in accepted:
             raise InputError(
-                f"--set-param {pair!r}: {name} has no parameter {key!r}; it accepts "
+                f"--set-param {pair!r}: {name} has no parameter {key!r}; choose one of "
                 f"{', '.join(accepted) or 'none'}"
             )
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text.strip()
-        params.setdefault(name, {})[key] = value
+        param = inspect.signature(modules[name].analyze).parameters[key]
+        params.setdefault(name, {})[key] = typed_param(f"{name}.{key}", param, value, text)
     return params
+
+
+def _param_kind(param: inspect.Parameter) -> str:
+    """bool, float, int, list (of text) or str: from the annotation (text, as the analyses
+    postpone annotations) or else from the default's type."""
+    text = param.annotation if isinstance(param.annotation, str) else ""
+    for kind, marker in (("bool", "bool"), ("float", "float"), ("int", "int")):
+        if marker in text:
+            return kind
+    if "Sequence" in text or "list" in text or isinstance(param.default, (list, tuple)):
+        return "list"
+    if text.startswith("str") or isinstance(param.default, str):
+        return "str"
+    default = param.default
+    return type(default).__name__ if isinstance(default, (bool, float, int)) else "any"
+
+
+def _example(kind: str, default: Any) -> str:
+    if default is not None and default is not inspect.Parameter.empty:
+        return json.dumps(list(default) if isinstance(default, tuple) else default)
+    return {"bool": "true", "float": "0.5", "int": "5", "list": '["rule.name"]'}.get(kind, "x")
+
+
+def typed_param(target: str, param: inspect.Parameter, value: Any, text: str) -> Any:
+    """``value`` (parsed as JSON) checked against the analysis parameter's type, so that a
+    wrong one is named here instead of failing inside the analysis (or blaming the store)."""
+    kind = _param_kind(param)
+    hint = f"give e.g. --set-param {target}={_example(kind, param.default)}"
+    optional = param.default is None or "None" in str(param.annotation)
+    if value is None or (optional and value in ("none", "None")):
+        if optional:
+            return None
+        raise InputError(f"--set-param {target} cannot be null; {hint}")
+    if kind == "str":
+        return text.strip()  # text as given: "5" stays a name, not a number
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"--set-param {target}={text!r} is not true or false; {hint}")
+    if kind in ("float", "int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"--set-param {target}={text!r} is not a number; {hint}")
+        if not math.isfinite(value):
+            raise InputError(f"--set-param {target}={text!r} is not a finite number; {hint}")
+        if kind == "int":
+            if not float(value).is_integer():
+                raise InputError(f"--set-param {target}={text!r} is not a whole number; {hint}")
+            return int(value)
+        return value
+    if kind == "list":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise InputError(f"--set-param {target}={text!r} is not a name or a list of names; {hint}")
+    return value
+
+
+def check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that cannot be written before any analysis runs (not minutes later)."""
+    if out is None:
+        return
+    path = Path(out)
+    if not out.strip():
+        raise InputError("--out is empty; give a folder or a NAME.nc path")
+    if out.endswith(".nc"):
+        if path.parent.exists() and not path.parent.is_dir():
+            raise InputError(f"--out {out}: {path.parent} is a file, not a folder; pick another")
+    elif path.exists() and not path.is_dir():
+        raise InputError(
+            f"--out {out}: exists and is not a directory; end it in .nc or pick a folder"
+        )
 
 
 def _check_only(only: tuple[str, ...]) -> None:
@@ -200,6 +278,7 @@ def analyze(stores, only, out, as_json, set_params) -> None:
     """Analyse recorded run STORES: every analysis that applies, plus compare for several."""
     _check_only(only)
     params = parse_params(set_params)
+    check_out(out)
     trees = open_stores(stores)
     singles = [n for n in only if n != COMPARE_NAME]
     names = unique_names([run_name(t, default=f"run{i + 1}") for i, t in enumerate(trees)])
@@ -256,7 +335,7 @@ def analyze(stores, only, out, as_json, set_params) -> None:
 @click.argument("stores", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False),
+    type=str,
     default="report.html",
     show_default=True,
     help="the HTML file to write",
@@ -265,8 +344,12 @@ def analyze(stores, only, out, as_json, set_params) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def report(stores, out, pdf, quiet) -> None:
     """Write one self-contained HTML report (and a PDF) for the run STORES."""
-    from analyses.report import write_report
+    from analyses.report import check_out_path, write_report
 
+    try:
+        check_out_path(out)
+    except AnalysisError as err:
+        raise InputError(str(err)) from None
     trees = open_stores(stores)
     try:
         path = write_report(trees, out, pdf=pdf, progress=not quiet)

@@ -62,36 +62,66 @@ def cli() -> None:
 @click.option(
     "--out", type=click.Path(), help="store to write (default runs/<preset or rule>.zarr)"
 )
-@click.option("--overwrite", is_flag=True, help="replace an existing store at --out")
+@click.option("--overwrite", is_flag=True, help="replace an existing run store at --out")
+@click.option(
+    "--resume",
+    "resume_store",
+    type=click.Path(),
+    metavar="STORE",
+    help="continue the stopped, failed or killed run in STORE from its last checkpoint",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def record(preset, config_file, assignments, out, overwrite, quiet, **flags) -> None:
+def record(preset, config_file, assignments, out, overwrite, resume_store, quiet, **flags) -> None:
     """Train a network and record its learning dynamics into a zarr store."""
     from pathlib import Path
 
     from dynalign.data import DataError
     from dynalign.record import record as run_record
+    from dynalign.record import resume
 
+    if resume_store is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        given += [
+            name
+            for name, v in (
+                ("--preset", preset),
+                ("--config", config_file),
+                ("--set", assignments),
+                ("--out", out),
+                ("--overwrite", overwrite),
+            )
+            if v
+        ]
+        if given:
+            fail(f"--resume takes the run's configuration from its store; drop {', '.join(given)}")
+        run = lambda: resume(resume_store, progress=not quiet)  # noqa: E731
+        out = Path(resume_store)
+    else:
+        try:
+            overrides = parse_assignments(assignments)
+            overrides.update({k: v for k, v in flags.items() if v is not None})
+            config = build_config(preset, config_file, overrides)
+        except ConfigError as err:
+            fail(str(err))
+        if out is None:
+            out = f"runs/{preset or config.rule.name + '-' + config.data.name}.zarr"
+        out = Path(out)
+        if not out.parent.is_dir():
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                fail(f"cannot create the directory for {out}: {err.strerror}; choose another --out")
+        run = lambda: run_record(config, out, overwrite=overwrite, progress=not quiet)  # noqa: E731
     try:
-        overrides = parse_assignments(assignments)
-        overrides.update({k: v for k, v in flags.items() if v is not None})
-        config = build_config(preset, config_file, overrides)
-    except ConfigError as err:
-        fail(str(err))
-    if out is None:
-        out = f"runs/{preset or config.rule.name + '-' + config.data.name}.zarr"
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        fail(f"cannot create the directory for {out}: {err.strerror}")
-    try:
-        result = run_record(config, out, overwrite=overwrite, progress=not quiet)
+        result = run()
     except (ConfigError, DataError, StoreError) as err:
         fail(str(err))
     except KeyboardInterrupt:
-        fail(f"interrupted; {out} keeps status 'interrupted'")
+        fail(f"interrupted before the run began; {out} was not written")
     click.echo(f"store: {out}")
     click.echo(_summary_line(result.status, result.steps, result.final, result.message))
+    if result.status == "interrupted":
+        click.echo(f"continue it with: dynalign record --resume {out}")
     if result.status not in ("completed",):
         sys.exit(1)
 
@@ -109,55 +139,100 @@ def _summary_line(status: str, steps: int, final: dict, message: str = "") -> st
 @cli.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def inspect(store, as_json) -> None:
+@click.option("--check", is_flag=True, help="read every chunk and list what is missing or damaged")
+def inspect(store, as_json, check) -> None:
     """Print a store's status, config, steps, layers and final metrics."""
-    from dynalign.store import open_run
+    from dynalign.reader import check_store, open_run, writer_note
 
     try:
         tree = open_run(store)
+        problems = check_store(store, decode=check)
     except StoreError as err:
         fail(str(err))
+    info = _store_info(store, tree)
+    info["note"] = writer_note(store, dict(tree.attrs))
+    info["problems"], info["decoded"] = problems, check
+    if as_json:
+        click.echo(json.dumps(_json_safe(info), indent=2, default=str, allow_nan=False))
+    else:
+        _print_info(store, info)
+    if check and problems:
+        sys.exit(1)
+
+
+def _store_info(store: str, tree) -> dict:
+    """What `inspect` shows, from attributes that may be damaged (each read defensively)."""
     attrs = dict(tree.attrs)
-    config = json.loads(attrs.get("config", "{}"))
-    steps = tree["steps"].sizes.get("step", 0)
-    epochs = tree["epochs"].ds
+    try:
+        config = json.loads(attrs.get("config", "{}"))
+    except (TypeError, ValueError):
+        config = None
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        config = {"(damaged)": {"config": str(attrs.get("config"))[:80]}}
+    layers = attrs.get("layers", [])
+    layers = [str(x) for x in layers] if isinstance(layers, list) else [f"(damaged: {layers!r})"]
+    steps = tree["steps"].sizes.get("step", 0) if "steps" in tree else 0
+    epochs = tree["epochs"].ds if "epochs" in tree else None
+    n_epochs = epochs.sizes.get("epoch", 0) if epochs is not None else 0
     final = {
         k: float(epochs[k][-1])
         for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-        if epochs.sizes.get("epoch", 0)
+        if n_epochs and k in epochs
     }
-    info = {
+    dataset = attrs.get("dataset")
+    return {
         "path": str(store),
         "status": attrs.get("status"),
         "message": attrs.get("message", ""),
         "created": attrs.get("created"),
         "dynalign_version": attrs.get("dynalign_version"),
         "steps": int(steps),
-        "epochs": int(epochs.sizes.get("epoch", 0)),
-        "layers": list(attrs.get("layers", [])),
-        "dataset": attrs.get("dataset"),
+        "epochs": int(n_epochs),
+        "layers": layers,
+        "dataset": dataset if isinstance(dataset, dict) else {},
         "final": final,
         "config": config,
+        "missing_groups": [g for g in ("steps", "epochs") if g not in tree],
     }
-    if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
-        return
+
+
+def _json_safe(value):
+    """NaN and infinities as null: JSON has no words for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _print_info(store: str, info: dict) -> None:
     click.echo(
         f"{store}\n  status:   {info['status']}"
         + (f" ({info['message']})" if info["message"] else "")
     )
+    if info["note"]:
+        click.echo(f"  note:     {info['note']}")
     click.echo(f"  created:  {info['created']}  (dynalign {info['dynalign_version']})")
-    ds = info["dataset"] or {}
+    ds = info["dataset"]
     click.echo(
         f"  data:     {ds.get('name')}  train {ds.get('n_train')}  val {ds.get('n_val')}"
         f"  sha256 {str(ds.get('sha256', ''))[:12]}"
     )
     click.echo(f"  steps:    {info['steps']}   epochs: {info['epochs']}")
     click.echo(f"  layers:   {', '.join(info['layers'])}")
-    for section, values in config.items():
+    for section, values in info["config"].items():
         click.echo(f"  [{section}] " + "  ".join(f"{k}={v}" for k, v in values.items()))
-    if final:
-        click.echo("  final:    " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+    if info["final"]:
+        click.echo("  final:    " + "  ".join(f"{k} {v:.4f}" for k, v in info["final"].items()))
+    for group in info["missing_groups"]:
+        click.echo(f"  warning:  the store has no {group} group (damaged)")
+    for problem in info["problems"]:
+        click.echo(f"  damaged:  {problem}")
+    if not info["problems"]:
+        done = "present and decoded" if info["decoded"] else "present"
+        click.echo(f"  check:    every array and chunk {done}")
 
 
 @cli.command()

@@ -7,6 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from .store import open_run  # noqa: E402
+from .reader import open_run  # noqa: E402
 
 __all__ = ["__version__", "open_run"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 
 class MixedReLU(nn.Module):
     """``s * relu(s * z)`` with one fixed sign per unit along dim 1 (per channel for conv)."""
@@ -25,10 +27,14 @@ class MixedReLU(nn.Module):
     ):
         super().__init__()
         if isinstance(num_units, bool) or not isinstance(num_units, int) or num_units <= 0:
-            raise ValueError(f"MixedReLU needs a positive int number of units, got {num_units!r}")
+            raise ConfigError(
+                f"MixedReLU needs a positive int number of units, got {num_units!r}; set "
+                "model.width to 1 or more"
+            )
         if not 0.0 <= excitatory_fraction <= 1.0:
-            raise ValueError(
-                f"MixedReLU excitatory_fraction={excitatory_fraction!r} must lie between 0 and 1"
+            raise ConfigError(
+                f"MixedReLU excitatory_fraction={excitatory_fraction!r} must lie between 0 and 1;"
+                " set model.excitatory_fraction to e.g. 0.5"
             )
         self.num_units = num_units
         self.excitatory_fraction = excitatory_fraction

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigError
+
 BATCH_NORM_KINDS = ("standard", "noaffine", "running_prev", "running_incl")
 
 
@@ -132,7 +134,10 @@ class RunningStatsBatchNorm(_RunningNorm):
 def make_batch_norm(kind: str, num_features: int, momentum: float = 0.1) -> nn.Module:
     """One batch-norm module of the named variant (see the module docstring)."""
     if not 0 <= momentum <= 1:
-        raise ValueError(f"batch-norm momentum={momentum!r} must lie between 0 and 1")
+        raise ConfigError(
+            f"batch-norm momentum={momentum!r} must lie between 0 and 1; set "
+            "model.bn_momentum to e.g. 0.1"
+        )
     if kind == "standard":
         return BatchNorm(num_features, momentum, affine=True)
     if kind == "noaffine":
@@ -141,4 +146,7 @@ def make_batch_norm(kind: str, num_features: int, momentum: float = 0.1) -> nn.M
         return RunningStatsBatchNorm(num_features, momentum, include_current=False)
     if kind == "running_incl":
         return RunningStatsBatchNorm(num_features, momentum, include_current=True)
-    raise ValueError(f"unknown batch norm {kind!r}; choose one of {', '.join(BATCH_NORM_KINDS)}")
+    raise ConfigError(
+        f"unknown batch norm {kind!r}; set model.batch_norm to none or one of "
+        f"{', '.join(BATCH_NORM_KINDS)}"
+    )

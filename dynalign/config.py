@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -85,6 +88,7 @@ class ProbeConfig:
     snapshot_every: int = 100  # W and B snapshots every k steps, plus first and last (0: off)
     reconstruction_every: int = 100  # autoencoders: probe reconstructions every k steps
     n_probe_inputs: int = 16
+    checkpoint_every: int | None = None  # steps between checkpoints; None: each epoch, 0: off
 
 
 @dataclass
@@ -141,7 +145,25 @@ NON_NEGATIVE = {
     "probes.every",
     "probes.snapshot_every",
     "probes.reconstruction_every",
+    "probes.checkpoint_every",
 }
+#: the smallest value some keys allow (a classification needs two classes)
+MINIMUM = {"data.n_classes": 2}
+#: seeds must fit torch's and numpy's generators; the trainer also uses seed + 1 and seed + 2
+SEED_MAX = 2**32 - 1
+#: a config file is a few lines of TOML; anything larger is the wrong file
+MAX_CONFIG_BYTES = 1 << 20
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+#: the image data sets (a convnet's and a sequential-image RNN's inputs)
+IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "cifar10")
+#: data that comes with dynalign or is generated: nothing to find in a data directory
+EMBEDDED_DATA = ("digits", "synthetic", "patches", "text")
+RNN_ACTIVATIONS = ("tanh", "relu", "sigmoid")
+#: training-set sizes when data.n_train is unset: samples in the standard files (digits,
+#: mnist, fashion-mnist, cifar10) less the validation split, or the generated default
+FULL_SIZES = {"digits": 1797, "mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000}
+GENERATED_N_TRAIN = {"synthetic": 1000, "patches": 10000}
+
 FRACTIONS = {
     "model.excitatory_fraction",
     "constraint.excitatory_fraction",
@@ -176,14 +198,34 @@ def _suggest(key: str, options: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _int(value: Any) -> int:
+    """An integer from an int, an integral float or its text; ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, int):
+        return value
+    raise ValueError
+
+
 def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
-    """Convert ``value`` to the field's type, or raise ConfigError naming the key."""
+    """Convert ``value`` to the field's type, or raise ConfigError naming the key.
+
+    Text (from ``--set``) is parsed; a typed value (from TOML or JSON) must already have the
+    field's type, so ``kind = 3`` or ``balance = 2`` in a file is refused, not reinterpreted.
+    """
     optional = "None" in annotation
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
-        raise ConfigError(f"{key} cannot be empty; give a value like {default!r}")
+        raise ConfigError(f"{key} cannot be empty; give a value like {key}={default!r}")
     base = annotation.split("|")[0].strip()
+    example = f"for example {key}={default!r}" if default is not None else f"or {key}=none"
     try:
         if base == "bool":
             if isinstance(value, str):
@@ -191,27 +233,38 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
                     return True
                 if value.lower() in ("false", "0", "no", "off"):
                     return False
-                raise ValueError
-            return bool(value)
+            elif isinstance(value, bool):
+                return value
+            raise ValueError
         if base == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
+            return _int(value)
         if base == "float":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(
+                    f"{key}={value!r} is not a finite number; give a finite value, {example}"
+                )
+            return number
         if base.startswith("list"):
             if isinstance(value, str):
-                value = [v for v in value.strip("[]").split(",") if v.strip()]
-            return [int(v) for v in value]
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{key}={value!r} is not a valid {base}; for example {key}={default!r}"
-        ) from None
+                value = [v for v in value.strip().strip("[]").split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [_int(v) for v in value]
+        if not isinstance(value, str):
+            raise ValueError
+        if not value.strip():
+            raise ConfigError(
+                f"{key} is an empty string; give a value, {example}"
+                + (f" (or {key}=none)" if optional and default is not None else "")
+            )
+        return value
+    except (TypeError, ValueError, OverflowError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{key}={value!r} is not a valid {base}; {example}") from None
 
 
 def _validate(key: str, value: Any) -> None:
@@ -219,18 +272,28 @@ def _validate(key: str, value: Any) -> None:
         raise ConfigError(
             f"{key}={value!r} is not one of: {', '.join(CHOICES[key])}"
             + _suggest(str(value), list(CHOICES[key]))
+            + f"; set {key} to one of them"
         )
     if value is None:
         return
     if key in POSITIVE and value <= 0:
-        raise ConfigError(f"{key}={value!r} must be greater than 0")
+        raise ConfigError(f"{key}={value!r} must be greater than 0; give a positive value")
     if key in NON_NEGATIVE and value < 0:
-        raise ConfigError(f"{key}={value!r} must not be negative")
+        raise ConfigError(f"{key}={value!r} must not be negative; give 0 or more")
+    if key in MINIMUM and value < MINIMUM[key]:
+        raise ConfigError(f"{key}={value!r} is too small; give {MINIMUM[key]} or more")
     if key in FRACTIONS and not 0 <= value <= 1:
-        raise ConfigError(f"{key}={value!r} must lie between 0 and 1")
+        raise ConfigError(f"{key}={value!r} must lie between 0 and 1; give a fraction like 0.5")
+    if key == "train.seed" and value > SEED_MAX:
+        raise ConfigError(
+            f"train.seed={value} is too large; give a seed from 0 to {SEED_MAX} (2**32 - 1)"
+        )
+    if key == "train.device" and not DEVICE_PATTERN.fullmatch(value):
+        raise ConfigError(f"train.device={value!r} is not a device; use cpu, cuda or cuda:N")
     if key == "model.channels" and (not value or min(value) <= 0):
         raise ConfigError(
-            f"{key}={value!r} needs one or more positive channel counts, e.g. [16, 32]"
+            f"{key}={value!r} needs one or more positive channel counts; set e.g. "
+            "model.channels=[16, 32]"
         )
 
 
@@ -248,7 +311,10 @@ def apply(config: Config, updates: dict[str, Any]) -> Config:
                 if len(matches) == 1:
                     key = matches[0]
             if key not in valid:
-                raise ConfigError(f"unknown config key {key!r}{_suggest(key, valid)}")
+                raise ConfigError(
+                    f"unknown config key {key!r}{_suggest(key, valid)}; use section.key with "
+                    f"a section among {', '.join(_sections())} (README: Configuration)"
+                )
         section, name = key.split(".")
         sec = getattr(config, section)
         fdef = {f.name: f for f in dataclasses.fields(sec)}[name]
@@ -283,16 +349,60 @@ def parse_assignments(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def describe_path(path: Path, want: str = "file") -> str:
+    """What is at ``path`` when it is not the regular file (or the directory) wanted: the
+    middle of an error message, "does not exist", "is a directory", ..."""
+    if not path.exists():
+        return "does not exist"
+    if want == "directory":
+        return "is a file, not a directory" if path.is_file() else "is not a directory"
+    if path.is_dir():
+        return "is a directory"
+    return "is not a regular file (a device, pipe or socket)"
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """The flattened keys of a TOML config file, every top-level entry a known section."""
+    path = Path(path).expanduser()
+    what = f"config file {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing .toml file")
+        raise ConfigError(f"{what} {describe_path(path)}; pass a .toml file to --config")
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{what} is {size} bytes, too large for a config; pass a .toml file of "
+                "[section] tables to --config"
+            )
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read {what}: {err.strerror or err}; check it is readable"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{what} is not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); "
+            "pass a TOML text file to --config"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        raise ConfigError(f"{what} is not valid TOML: {err}; fix that line") from None
     data.pop("description", None)
+    sections = _sections()
+    for name, value in data.items():
+        if name not in sections:
+            raise ConfigError(
+                f"{what} has an unknown section [{name}]{_suggest(name, list(sections))}; "
+                f"use sections among {', '.join(sections)}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{what}: {name} = {value!r} is not a section; write [{name}] and key = value "
+                "lines below it"
+            )
     return flatten(data)
 
 
@@ -329,9 +439,9 @@ def build_config(
 ) -> Config:
     """Defaults, then a preset, then a TOML file, then overrides: later ones win."""
     config = Config()
-    if preset:
+    if preset is not None:  # an empty name is refused as unknown, not ignored
         config = apply(config, load_preset(preset))
-    if config_file:
+    if config_file is not None:
         config = apply(config, load_toml(config_file))
     if overrides:
         config = apply(config, overrides)
@@ -340,16 +450,97 @@ def build_config(
 
 
 def check_consistency(config: Config) -> None:
-    """Combinations of otherwise valid values that cannot run together."""
-    m = config.model
+    """Combinations of otherwise valid values that cannot run together, or not on this machine."""
+    m, d, t = config.model, config.data, config.train
     if m.kind == "rnn" and m.batch_norm != "none":
         raise ConfigError(
             "model.batch_norm is not available for rnn models; set model.batch_norm=none"
         )
-    if m.kind == "autoencoder" and config.data.name == "text":
+    if m.kind == "autoencoder" and m.batch_norm != "none":
+        raise ConfigError(
+            "the autoencoder has no batch norm (model.batch_norm would be ignored); set "
+            "model.batch_norm=none"
+        )
+    if m.kind == "rnn" and m.activation not in RNN_ACTIVATIONS:
+        raise ConfigError(
+            f"model.activation={m.activation!r} is not available for rnn models; use one of "
+            f"{', '.join(RNN_ACTIVATIONS)}"
+        )
+    if m.kind == "autoencoder" and d.name == "text":
         raise ConfigError("an autoencoder needs image data; set data.name=patches or digits")
-    if config.data.name == "text" and m.kind != "rnn":
+    if d.name == "text" and m.kind != "rnn":
         raise ConfigError("text data needs a recurrent model; set model.kind=rnn")
+    if d.name == "patches" and m.kind != "autoencoder":
+        raise ConfigError(
+            "patches data has no labels to classify; set model.kind=autoencoder, or choose "
+            f"labelled data ({', '.join(IMAGE_DATA)}, synthetic)"
+        )
+    if m.kind == "convnet" and d.name not in IMAGE_DATA:
+        raise ConfigError(
+            f"a convnet needs image data, but {d.name} gives flat vectors; set data.name to "
+            f"one of {', '.join(IMAGE_DATA)}, or model.kind=mlp"
+        )
+    if m.kind == "rnn" and d.name not in ("text", *IMAGE_DATA):
+        raise ConfigError(
+            f"an rnn reads text or images row by row, not {d.name} data; set data.name to text "
+            f"or one of {', '.join(IMAGE_DATA)}, or model.kind=mlp"
+        )
+    if d.data_dir is not None and d.name in EMBEDDED_DATA:
+        fix = "set data.text_path for a corpus file" if d.name == "text" else "leave it out"
+        raise ConfigError(
+            f"data.name={d.name} is embedded and needs no --data-dir (data.data_dir="
+            f"{d.data_dir!r}); {fix}"
+        )
+    if d.text_path is not None and d.name != "text":
+        raise ConfigError(
+            f"data.text_path is only read for data.name=text, not {d.name}; set "
+            "data.name=text or leave data.text_path out"
+        )
+    if d.name == "synthetic" and d.scaling == "unit":
+        raise ConfigError(
+            "data.scaling=unit needs a format maximum, which synthetic data has not; use "
+            "data.scaling=zscore or none"
+        )
+    c = config.constraint
+    if c.sign != "none" and c.balance and not 0 < c.excitatory_fraction < 1:
+        raise ConfigError(
+            "constraint.balance needs both excitatory and inhibitory weights, but "
+            f"constraint.excitatory_fraction={c.excitatory_fraction}; choose a fraction strictly "
+            "between 0 and 1, or set constraint.balance=false"
+        )
+    _check_last_batch(config)
+    cores = os.cpu_count() or 1
+    if t.threads is not None and t.threads > cores:
+        raise ConfigError(
+            f"train.threads={t.threads} exceeds this machine's {cores} CPU cores; lower "
+            f"train.threads to at most {cores}"
+        )
+
+
+def _check_last_batch(config: Config) -> None:
+    """Batch norm in an MLP cannot normalise a minibatch of one sample (the last of an epoch).
+
+    Checked where the training-set size is known from the config: data.n_train, or the
+    standard size of a data set read whole.
+    """
+    m, d, t = config.model, config.data, config.train
+    if m.kind != "mlp" or m.batch_norm == "none":
+        return
+    if t.batch_size < 2:
+        raise ConfigError(
+            f"model.batch_norm={m.batch_norm} needs minibatches of 2 or more; set "
+            "train.batch_size to 2 or more"
+        )
+    n_train = d.n_train
+    if n_train is None and d.data_dir is None and d.name in FULL_SIZES:
+        n_train = FULL_SIZES[d.name] - d.n_val
+    n_train = GENERATED_N_TRAIN.get(d.name) if n_train is None else n_train
+    if n_train is not None and n_train > 1 and n_train % t.batch_size == 1:
+        raise ConfigError(
+            f"model.batch_norm={m.batch_norm} cannot normalise the last minibatch of each "
+            f"epoch: {n_train} training samples leave 1 after batches of train.batch_size="
+            f"{t.batch_size}; change train.batch_size or data.n_train"
+        )
 
 
 def from_json(text: str) -> Config:

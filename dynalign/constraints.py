@@ -22,13 +22,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ConstraintConfig
+from .config import ConfigError, ConstraintConfig
 from .feedback import FeedbackLayer, feedback_layers
 
 LEVELS = ("synapse", "neuron")
 
 
-class SignConstraintError(ValueError):
+class SignConstraintError(ConfigError):
     """A sign constraint that cannot be built; the message says how to fix it."""
 
 
@@ -88,11 +88,13 @@ class SignConstraint:
     ):
         if level not in LEVELS:
             raise SignConstraintError(
-                f"sign constraint level {level!r} is unknown; use one of {', '.join(LEVELS)}"
+                f"sign constraint level {level!r} is unknown; set constraint.sign to none or "
+                f"one of {', '.join(LEVELS)}"
             )
         if not 0.0 <= excitatory_fraction <= 1.0:
             raise SignConstraintError(
-                f"excitatory_fraction={excitatory_fraction!r} must lie between 0 and 1"
+                f"excitatory_fraction={excitatory_fraction!r} must lie between 0 and 1; set "
+                "constraint.excitatory_fraction to e.g. 0.8"
             )
         if balance and not 0.0 < excitatory_fraction < 1.0:
             raise SignConstraintError(

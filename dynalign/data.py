@@ -9,6 +9,7 @@ split only: the validation set must not leak into the inputs the network learns 
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import math
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import GENERATED_N_TRAIN, DataConfig, describe_path
+from .memory import too_large
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "patches", "text")
 SCALINGS = ("zscore", "unit", "none")
@@ -48,8 +50,12 @@ CIFAR10_BATCHES = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 
 DOWNLOAD_TIMEOUT_S = 20.0
 
 SYNTHETIC_HIDDEN = 32
-SYNTHETIC_DEFAULT_N_TRAIN = 1000
-PATCHES_DEFAULT_N_TRAIN = 10000
+SYNTHETIC_DEFAULT_N_TRAIN = GENERATED_N_TRAIN["synthetic"]
+PATCHES_DEFAULT_N_TRAIN = GENERATED_N_TRAIN["patches"]
+#: bytes read from a text corpus to check that it is text before reading it whole
+TEXT_HEAD_BYTES = 1 << 16
+#: bytes held per corpus byte while encoding it (raw, str, UTF-32 codes, int64 indices, windows)
+TEXT_BYTES_PER_BYTE = 32
 #: ITU-R BT.601 luma weights: the usual RGB -> grey conversion
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -287,7 +293,12 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 def read_idx_file(path: Path, magic: int | None = None) -> tuple[np.ndarray, bytes]:
     """(array, raw file bytes) of a plain or gzip-compressed IDX file."""
-    raw = Path(path).read_bytes()
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(
+            f"cannot read {path}: {err.strerror or err}; check its permissions"
+        ) from None
     content = raw
     if raw[:2] == b"\x1f\x8b":
         try:
@@ -318,7 +329,10 @@ def _idx_help(name: str) -> str:
 def _load_idx_set(cfg: DataConfig, seed: int) -> Dataset:
     folder = _idx_folder(cfg)
     if not folder.is_dir():
-        raise DataError(f"{cfg.name} directory {folder} does not exist; {_idx_help(cfg.name)}")
+        raise DataError(
+            f"{cfg.name} directory {folder} {describe_path(folder, 'directory')}; "
+            f"{_idx_help(cfg.name)}"
+        )
     paths = [_find_idx(folder, stem) for stem in (IDX_TRAIN_IMAGES, IDX_TRAIN_LABELS)]
     if None in paths:
         missing = IDX_TRAIN_IMAGES if paths[0] is None else IDX_TRAIN_LABELS
@@ -382,8 +396,25 @@ def download(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S
 
 
 def _cifar_tarball(cfg: DataConfig) -> Path:
+    """The tarball's path, downloaded into the folder when missing.
+
+    A folder the user named (--data-dir, $DYNALIGN_DATA) must exist: a typo must not leave a
+    new directory behind; only the default cache folder is created.
+    """
     folder = Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
+    named = cfg.data_dir or os.environ.get("DYNALIGN_DATA")
+    if named and not folder.is_dir():
+        where = "--data-dir" if cfg.data_dir else "$DYNALIGN_DATA"
+        raise DataError(
+            f"cifar10 data directory {folder} ({where}) {describe_path(folder, 'directory')}; "
+            "create it "
+            f"or pass --data-dir DIR holding {CIFAR10_FILE}"
+        )
     path = folder / CIFAR10_FILE
+    if path.exists() and not path.is_file():
+        raise DataError(
+            f"{path} {describe_path(path)}; put the {CIFAR10_FILE} file from {CIFAR10_URL} there"
+        )
     if not path.is_file():
         try:
             download(CIFAR10_URL, path, CIFAR10_MD5)
@@ -469,9 +500,22 @@ def synthetic_teacher(
     return _draw_teacher(n_inputs, n_classes, torch.Generator().manual_seed(seed))
 
 
+def _check_generated_size(what: str, n_values: int, bytes_per_value: int, fix: str) -> None:
+    """DataError before generating a data set that cannot fit in memory."""
+    problem = too_large(n_values * bytes_per_value)
+    if problem:
+        raise DataError(f"{what} {problem}; {fix}")
+
+
 def _load_synthetic(cfg: DataConfig, seed: int) -> Dataset:
     n_train = cfg.n_train if cfg.n_train is not None else SYNTHETIC_DEFAULT_N_TRAIN
     n_total = cfg.n_val + n_train
+    _check_generated_size(
+        f"synthetic data of {n_total} samples x {cfg.n_inputs} inputs",
+        n_total * (cfg.n_inputs + SYNTHETIC_HIDDEN),
+        8 * 4,  # float32 draw, float64 copies for the teacher, scaled float32 tensors
+        "lower data.n_train, data.n_val or data.n_inputs",
+    )
     generator = torch.Generator().manual_seed(seed)
     w1, w2 = _draw_teacher(cfg.n_inputs, cfg.n_classes, generator)  # first, as synthetic_teacher
     x = torch.randn(n_total, cfg.n_inputs, generator=generator).numpy()
@@ -542,6 +586,12 @@ def normalise_patches(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, n
 
 def _load_patches(cfg: DataConfig, seed: int) -> Dataset:
     n_train = cfg.n_train if cfg.n_train is not None else PATCHES_DEFAULT_N_TRAIN
+    _check_generated_size(
+        f"{cfg.n_val + n_train} patches of {cfg.patch_size}x{cfg.patch_size} pixels",
+        (cfg.n_val + n_train) * cfg.patch_size**2,
+        8 * 4,  # float64 patches, normalised copies, float32 tensors
+        "lower data.n_train, data.n_val or data.patch_size",
+    )
     images, sha256 = _grey_sample_images()
     patches = _cut_patches(images, cfg.n_val + n_train, cfg.patch_size, seed)
     val_idx, train_idx = split_indices(len(patches), cfg.n_val, n_train, seed, "patches")
@@ -582,8 +632,25 @@ def _read_corpus(text_path: str | None) -> tuple[str, bytes, str]:
         return corpus, corpus.encode("utf-8"), "pydoc_data.topics"
     path = Path(text_path).expanduser()
     if not path.is_file():
-        raise DataError(f"text corpus {path} does not exist; set data.text_path to a UTF-8 file")
-    raw = path.read_bytes()
+        raise DataError(
+            f"text corpus {path} {describe_path(path)}; set data.text_path to a UTF-8 text file"
+        )
+    try:
+        size = path.stat().st_size
+        problem = too_large(size * TEXT_BYTES_PER_BYTE)
+        if problem:
+            raise DataError(
+                f"text corpus {path} ({size} bytes) {problem} to encode; set data.text_path "
+                "to a smaller file"
+            )
+        with path.open("rb") as fh:
+            _check_text_head(path, fh.read(TEXT_HEAD_BYTES))
+            fh.seek(0)
+            raw = fh.read()
+    except OSError as err:
+        raise DataError(
+            f"cannot read text corpus {path}: {err.strerror or err}; check its permissions"
+        ) from None
     try:
         corpus = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -591,6 +658,20 @@ def _read_corpus(text_path: str | None) -> tuple[str, bytes, str]:
     if not corpus:
         raise DataError(f"text corpus {path} is empty; set data.text_path to a file with text")
     return corpus, raw, str(path)
+
+
+def _check_text_head(path: Path, head: bytes) -> None:
+    """DataError when the start of a corpus is not UTF-8 text (a binary file read by mistake),
+    before the whole file is read."""
+    if b"\0" in head:
+        raise DataError(
+            f"text corpus {path} holds NUL bytes, so it is binary, not text; set data.text_path "
+            "to a UTF-8 text file"
+        )
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as err:
+        raise DataError(f"text corpus {path} is not UTF-8 ({err}); convert it to UTF-8") from None
 
 
 def encode_text(corpus: str) -> tuple[np.ndarray, str]:

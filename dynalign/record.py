@@ -1,8 +1,10 @@
-"""``record(config, out)``: one run from configuration to a finished store.
+"""``record(config, out)``: one run from configuration to a finished store; ``resume(out)``
+continues one that was stopped, failed or killed, from its last checkpoint.
 
 Everything that can be checked is checked before the store is created (data, model, device,
 output path), so a bad run leaves nothing behind; once the store exists it always ends with a
-status, whatever stops the run: completion, divergence, Ctrl-C, SIGTERM or an error.
+status, whatever stops the run: completion, divergence, Ctrl-C, SIGTERM or an error. Signals
+are taken over before the store exists, so no moment is left where Ctrl-C skips the status.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
-from . import __version__
-from .config import Config, ConfigError
+from . import __version__, checkpoint
+from .config import Config, ConfigError, from_json
 from .constraints import make_constraint
 from .data import load
 from .feedback import feedback_layers
 from .models import build
 from .probes import probe_variables
+from .reader import check_store
 from .rules import attach_rule, make_rule
-from .store import RunWriter, StoreError
+from .store import SCHEMA_VERSION, RunWriter, StoreError, dynalign_attrs
 from .trainer import RunResult, Trainer, seed_everything
 
 
@@ -53,25 +57,35 @@ def prepare(config: Config):
     return data, model, constraint
 
 
-@contextlib.contextmanager
-def stop_on_signals(trainer: Trainer):
+class _Signals:
     """SIGINT/SIGTERM ask the trainer to stop after the current step (status ``interrupted``).
 
-    Stopping between steps, never inside one, keeps the store consistent: no half-written row
-    or chunk. A second signal interrupts at once, for a run that will not stop.
+    Stopping between steps, never inside one, keeps the store consistent and lets the run
+    checkpoint where it stopped. A second signal interrupts at once, for a run that will not
+    stop; once the store is being closed, signals are ignored: closing takes a moment, and it
+    is what makes the status true.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def handler(signum, frame):
-        if trainer.stop_requested:
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.closing = trainer, False
+
+    def __call__(self, signum, frame) -> None:
+        if self.closing:
+            return
+        if self.trainer.stop_requested:
             raise KeyboardInterrupt
-        trainer.stop_requested = signal.Signals(signum).name
+        self.trainer.stop_requested = signal.Signals(signum).name
 
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    handler = _Signals(trainer)
+    if threading.current_thread() is not threading.main_thread():
+        yield handler
+        return
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield handler
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
@@ -82,7 +96,7 @@ def record(
 ) -> RunResult:
     """Train as ``config`` says and write the whole trajectory to the store at ``out``."""
     out = Path(out)
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise StoreError(f"{out} already exists; choose another --out or pass --overwrite")
     data, model, constraint = prepare(config)
     layers = feedback_layers(model)
@@ -104,25 +118,98 @@ def record(
         shape = tuple(data.input_shape)
         image_shape = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
     n_probe = min(config.probes.n_probe_inputs, len(data.x_val))
-    writer = RunWriter(
-        out,
-        attrs,
-        {n: tuple(layer.weight.shape) for n, layer in layers.items()},
-        has_feedback,
-        tuple(getattr(model, "loss_term_names", ())),
-        probe_variables(),
-        image_shape=image_shape,
-        n_probe=n_probe,
-        overwrite=overwrite,
-    )
-    _write_static(writer, model, constraint, data, n_probe, autoencoder)
-    trainer = Trainer(config, data, model, writer, constraint, progress)
+    trainer = Trainer(config, data, model, None, constraint, progress)
+    with stop_on_signals(trainer) as signals:
+        writer = RunWriter(
+            out,
+            attrs,
+            {n: tuple(layer.weight.shape) for n, layer in layers.items()},
+            has_feedback,
+            tuple(getattr(model, "loss_term_names", ())),
+            probe_variables(),
+            image_shape=image_shape,
+            n_probe=n_probe,
+            overwrite=overwrite,
+        )
+
+        def write_static():
+            _write_static(writer, model, constraint, data, n_probe, autoencoder)
+
+        return _train(writer, trainer, signals, write_static)
+
+
+def resume(out: str | Path, progress: bool = True) -> RunResult:
+    """Continue the run in the store at ``out`` from its last checkpoint (from the start if it
+    has none): the finished store equals, array for array, the one an unbroken run writes."""
+    out = Path(out)
+    if not out.exists():
+        raise StoreError(f"{out} does not exist; give the store of a run to resume")
+    attrs = dynalign_attrs(out)
+    status = attrs.get("status")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{out} has schema version {attrs.get('schema_version')}, written before runs could "
+            "be resumed; record it again"
+        )
+    if status == "completed":
+        raise StoreError(f"{out} is a completed run; there is nothing to resume")
+    if status == "diverged":
+        raise StoreError(
+            f"{out} diverged ({attrs.get('message', '')}); resuming would diverge again: record "
+            "a new run with a lower train.lr or with train.grad_clip"
+        )
     try:
-        with stop_on_signals(trainer):
+        config = from_json(attrs["config"])
+    except (KeyError, ValueError) as err:
+        raise StoreError(f"{out} holds no usable config ({err}); record the run again") from None
+    problems = check_store(out)
+    if problems:
+        raise StoreError(
+            f"{out} is damaged ({problems[0]}; {len(problems)} problem(s) in all, "
+            "`dynalign inspect --check` lists them), so it cannot be continued; record it again"
+        )
+    saved = checkpoint.load(zarr.open_group(str(out), mode="r"))
+    if saved is None:  # killed before its first checkpoint (maybe before all arrays existed)
+        return record(config, out, overwrite=True, progress=progress)
+    data, model, constraint = prepare(config)
+    if data.attrs().get("sha256") != (attrs.get("dataset") or {}).get("sha256"):
+        raise StoreError(
+            f"the data of {out} ({config.data.name}) changed since the run began, so it cannot be "
+            "continued; record it again, or restore the original data files"
+        )
+    trainer = Trainer(config, data, model, None, constraint, progress)
+    arrays, counters = saved
+    committed = counters["committed"]
+    trainer.restore(arrays, counters)
+    with stop_on_signals(trainer) as signals:
+        writer = RunWriter.reopen(out, committed)
+        return _train(writer, trainer, signals, lambda: None)
+
+
+def _train(writer: RunWriter, trainer: Trainer, signals: _Signals, write_static) -> RunResult:
+    """Run the trainer into ``writer`` and close the store with the status the run ended in."""
+    trainer.writer = writer
+    try:
+        write_static()
+        writer.commit()  # the list of arrays, for checks, from the first moment on
+        if trainer.stop_requested:
+            cause = trainer.stop_requested
+            result = RunResult("interrupted", f"stopped by {cause} before the first step", 0, 0, {})
+        else:
             result = trainer.run()
     except BaseException as err:
-        writer.close("failed", f"{type(err).__name__}: {err}")
+        signals.closing = True
+        message = f"{type(err).__name__}: {err}"
+        if isinstance(err, OSError):
+            message = (
+                f"writing {writer.path} failed ({err.strerror or err}); the store keeps every "
+                "step up to its last commit: free disk space and `dynalign record --resume` it"
+            )
+        writer.close("failed", message)
+        if isinstance(err, OSError):
+            raise StoreError(message) from None
         raise
+    signals.closing = True
     final = {k: float(v) for k, v in result.final.items()}
     writer.close(
         result.status, result.message, steps=result.steps, epochs=result.epochs, final=final

@@ -1,17 +1,25 @@
-"""The run store: a zarr v3 group written while the run goes, read back as an xarray DataTree.
+"""The run store: a zarr v3 group written while the run goes (reading it: ``dynalign.reader``).
 
 ``RunWriter`` creates every array up front (resizable along time), buffers rows in fixed-size
-numpy blocks and appends them a chunk at a time, so memory stays flat however long the run is,
-and a run that stops early leaves every completed chunk on disk. Weight snapshots, the large
-writes, go to disk on a background thread while training goes on: one at a time, each copied
-before the next step changes the weights. ``open_run`` checks that a path holds a dynalign run
-and opens it lazily.
+numpy blocks and appends them, so memory stays flat however long the run is. Nothing a reader
+sees is half-written: data is written first, and only then the *committed* lengths in the root
+attributes, in one atomic metadata write (zarr replaces files by rename). A reader, live or
+after a crash, takes every array up to its committed length, so arrays that are resized one
+after another never disagree. Commits happen at every epoch's end and at least every
+``commit_seconds`` of training. Weight snapshots, the large writes, go to disk on a background
+thread; a snapshot counts as committed only once every layer's copy is on disk.
+
+One writer per store: the writer holds an OS lock on the store's directory for its whole life
+(``dynalign.writer_lock``), and ``--overwrite`` clears only a dynalign store that no live writer
+holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,11 +27,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
-SCHEMA_VERSION = 1
+from .writer_lock import LockHeld, WriterLock, describe_writer, writer_identity
+
+SCHEMA_VERSION = 2
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+#: groups whose arrays grow along their first dimension, and the key of their committed length
+APPENDED = {
+    "steps": "step",
+    "epochs": "epoch",
+    "snapshots": "snapshot",
+    "reconstructions": "snapshot",
+}
+#: what a writer may remove from a store it replaces: the root metadata and its own groups
+OWN_ENTRIES = ("zarr.json", *APPENDED, "units", "checkpoint")
+#: chunk files are written even where every value is the fill value, so that a missing chunk
+#: file always means damage (see ``dynalign.reader.check_store``)
+ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
 class StoreError(ValueError):
@@ -62,21 +83,24 @@ def _fill(dtype: str) -> Any:
 
 
 class _Appender:
-    """A buffered, chunk-aligned append to a group of arrays sharing a leading dimension."""
+    """A buffered append to arrays sharing a leading dimension; ``n`` rows are on disk."""
 
-    def __init__(
-        self,
-        group: zarr.Group,
-        dim: str,
-        columns: dict[str, tuple],
-        chunk: int,
-        compress: bool = True,
-    ):
-        self.chunk, self.n, self.filled = chunk, 0, 0
-        self.arrays: dict[str, zarr.Array] = {}
-        self.buffers: dict[str, np.ndarray] = {}
+    def __init__(self, arrays: dict[str, zarr.Array], n: int = 0):
+        self.arrays, self.n, self.filled = arrays, n, 0
+        first = next(iter(arrays.values()))
+        self.chunk = first.chunks[0]
+        self.buffers = {
+            name: np.full((self.chunk, *a.shape[1:]), _fill(str(a.dtype)), dtype=a.dtype)
+            for name, a in arrays.items()
+        }
+
+    @classmethod
+    def create(
+        cls, group: zarr.Group, dim: str, columns: dict[str, tuple], chunk: int, compress=True
+    ) -> _Appender:
+        arrays = {}
         for name, (trailing, dtype, dims, attrs) in columns.items():
-            self.arrays[name] = group.create_array(
+            arrays[name] = group.create_array(
                 name,
                 shape=(0, *trailing),
                 chunks=(chunk, *trailing),
@@ -85,8 +109,22 @@ class _Appender:
                 dimension_names=(dim, *dims),
                 attributes=attrs,
                 compressors="auto" if compress else None,
+                config=ARRAY_CONFIG,
             )
-            self.buffers[name] = np.full((chunk, *trailing), _fill(dtype), dtype=dtype)
+        return cls(arrays)
+
+    @classmethod
+    def reopen(cls, group: zarr.Group, dim: str, n: int) -> _Appender:
+        """The appender of an existing group, continuing after its ``n`` committed rows."""
+        arrays = {
+            name: a.with_config(ARRAY_CONFIG)
+            for name, a in group.arrays()
+            if (a.metadata.dimension_names or (None,))[0] == dim
+        }
+        for a in arrays.values():  # rows past the commit are not part of the run any more
+            if a.shape[0] != n:
+                a.resize((n, *a.shape[1:]))
+        return cls(arrays, n)
 
     def row(self) -> int:
         """Index of the buffer row to fill next (flushes a full buffer first)."""
@@ -107,8 +145,92 @@ class _Appender:
         self.n, self.filled = end, 0
 
 
+def _column(dims: tuple[str, ...], trailing: tuple, dtype: str, units: str, long_name: str):
+    return (trailing, dtype, dims, {"units": units, "long_name": long_name})
+
+
+def _array_paths(group: zarr.Group):
+    """Every array below ``group``: the list a reader checks a store against."""
+    for _, array in group.arrays():
+        yield array.path
+    for _, child in group.groups():
+        yield from _array_paths(child)
+
+
+def claim_store(path: Path, overwrite: bool) -> WriterLock:
+    """Make ``path`` an empty directory this process alone writes, and hold its writer lock.
+
+    An existing path is replaced only with ``overwrite``, only if it is a dynalign run store,
+    and only if no live writer holds it; then only what a writer creates is removed.
+    """
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise StoreError(f"{path} already exists; choose another --out or pass --overwrite")
+        attrs = dynalign_attrs(path)  # raises StoreError for anything but a run store
+        _refuse_special_directory(path)
+        try:
+            lock = WriterLock(path)
+        except LockHeld:
+            raise StoreError(
+                f"{path} is being written by {describe_writer(attrs.get('writer'))}; "
+                "wait for that run to end (or stop it), or choose another --out"
+            ) from None
+        for name in OWN_ENTRIES:
+            entry = path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
+        return lock
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise StoreError(
+            f"{path} was created by another process just now; choose another --out"
+        ) from None
+    except OSError as err:
+        raise StoreError(
+            f"cannot create the store {path}: {err.strerror}; choose a writable --out"
+        ) from None
+    try:
+        return WriterLock(path)
+    except LockHeld:
+        raise StoreError(f"{path} was claimed by another writer; choose another --out") from None
+
+
+def dynalign_attrs(path: Path) -> dict[str, Any]:
+    """The root attributes of the dynalign store at ``path`` (StoreError for anything else)."""
+    if not path.is_dir():
+        raise StoreError(
+            f"{path} is not a directory, so not a dynalign run store; --overwrite replaces only "
+            "run stores: choose another --out"
+        )
+    meta = path / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        attrs = None
+    if not isinstance(attrs, dict) or "schema_version" not in attrs:
+        raise StoreError(
+            f"{path} is not a dynalign run store (no zarr metadata with schema_version); "
+            "--overwrite replaces only run stores: choose another --out"
+        )
+    return attrs
+
+
+def _refuse_special_directory(path: Path) -> None:
+    where = path.resolve()
+    cwd = Path.cwd().resolve()
+    special = {Path(where.anchor), Path.home().resolve()}
+    if where in special or where == cwd or where in cwd.parents:
+        raise StoreError(
+            f"{path} is the working directory, a parent of it, the home directory or the root; "
+            "--overwrite never clears it: choose another --out"
+        )
+
+
 class RunWriter:
-    """Writes one run. Create it, append rows as the run goes, then ``close(status)``."""
+    """Writes one run. Create it (or ``reopen`` it to resume), append rows, commit, ``close``."""
 
     def __init__(
         self,
@@ -122,29 +244,49 @@ class RunWriter:
         image_shape: tuple[int, ...] | None = None,
         n_probe: int = 0,
         overwrite: bool = False,
+        commit_seconds: float = 10.0,
+        _reopen: tuple[WriterLock, zarr.Group, dict[str, int]] | None = None,
     ):
         self.path = Path(path)
-        if self.path.exists():
-            if not overwrite:
-                raise StoreError(
-                    f"{self.path} already exists; choose another --out or pass --overwrite"
-                )
-            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
-        self.layers = list(layers)
+        self.commit_seconds = commit_seconds
         self._io: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
-        self.root = zarr.open_group(str(self.path), mode="w", zarr_format=3)
-        self.root.attrs.update(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "status": "running",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "layers": self.layers,
-                **attrs,
-            }
-        )
-        n_layers = len(self.layers)
+        self._last_commit = time.monotonic()
+        if _reopen is not None:
+            self.lock, self.root, committed = _reopen
+            self._open_existing(committed)
+            return
+        self.lock = claim_store(self.path, overwrite)
+        try:
+            self.root = zarr.create_group(
+                str(self.path),
+                zarr_format=3,
+                attributes={
+                    "schema_version": SCHEMA_VERSION,
+                    "status": "running",
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "writer": writer_identity(),
+                    "layers": list(layers),
+                    "committed": dict.fromkeys(APPENDED, 0),
+                    **attrs,
+                },
+            )
+            self._create(
+                layers, has_feedback, extra_step_terms, step_variables, chunk, image_shape, n_probe
+            )
+            self.manifest = sorted(_array_paths(self.root))
+        except OSError as err:
+            self.lock.release()
+            raise StoreError(
+                f"cannot write the store {self.path}: {err.strerror or err}; "
+                "free disk space or choose another --out"
+            ) from None
 
+    def _create(
+        self, layers, has_feedback, extra_step_terms, step_variables, chunk, image_shape, n_probe
+    ) -> None:
+        self.layers = list(layers)
+        n_layers = len(self.layers)
         steps = self.root.create_group("steps")
         names = steps.create_array(
             "layer",
@@ -152,80 +294,103 @@ class RunWriter:
             dtype=str,
             dimension_names=("layer",),
             attributes={"long_name": "layer (module path)", "units": "1"},
+            config=ARRAY_CONFIG,
         )
         names[:] = np.array(self.layers, dtype=object)
-        columns = {
-            "step": ((), "int64", (), {"units": "1", "long_name": "optimiser step (1-based)"})
-        }
+        columns = {"step": _column((), (), "int64", "1", "optimiser step (1-based)")}
         for v in STEP_SCALARS:
-            columns[v.name] = ((), v.dtype, (), {"units": v.units, "long_name": v.long_name})
+            columns[v.name] = _column((), (), v.dtype, v.units, v.long_name)
         for term in extra_step_terms:
-            columns[term] = ((), "float32", (), {"units": "1", "long_name": term.replace("_", " ")})
+            columns[term] = _column((), (), "float32", "1", term.replace("_", " "))
         for v in step_variables:
-            trailing, dims = ((n_layers,), ("layer",)) if v.per_layer else ((), ())
-            columns[v.name] = (
-                trailing,
-                v.dtype,
-                dims,
-                {"units": v.units, "long_name": v.long_name},
-            )
-        self.steps = _Appender(steps, "step", columns, chunk)
+            dims, trailing = (("layer",), (n_layers,)) if v.per_layer else ((), ())
+            columns[v.name] = _column(dims, trailing, v.dtype, v.units, v.long_name)
+        self.steps = _Appender.create(steps, "step", columns, chunk)
 
         epochs = self.root.create_group("epochs")
-        columns = {"epoch": ((), "int64", (), {"units": "1", "long_name": "epoch (1-based)"})}
+        columns = {"epoch": _column((), (), "int64", "1", "epoch (1-based)")}
         for v in EPOCH_VARIABLES:
-            columns[v.name] = ((), v.dtype, (), {"units": v.units, "long_name": v.long_name})
-        self.epochs = _Appender(epochs, "epoch", columns, 64)
+            columns[v.name] = _column((), (), v.dtype, v.units, v.long_name)
+        self.epochs = _Appender.create(epochs, "epoch", columns, 64)
 
         self.snapshots: dict[str, _Appender] = {}
         snaps = self.root.create_group("snapshots")
         for name, shape in layers.items():
             dims = ("out", "in", "kh", "kw")[: len(shape)]
             cols = {
-                "snapshot_step": (
-                    (),
-                    "int64",
-                    (),
-                    {"units": "1", "long_name": "step the snapshot was taken after (0: initial)"},
+                "snapshot_step": _column(
+                    (), (), "int64", "1", "step the snapshot was taken after (0: initial)"
                 ),
-                "weight": (shape, "float32", dims, {"units": "1", "long_name": "forward weight W"}),
+                "weight": _column(dims, shape, "float32", "1", "forward weight W"),
             }
             if has_feedback:
-                cols["feedback"] = (
-                    shape,
-                    "float32",
-                    dims,
-                    {"units": "1", "long_name": "feedback weight B"},
-                )
+                cols["feedback"] = _column(dims, shape, "float32", "1", "feedback weight B")
             # trained weights are near-random floats: compressing them costs time, saves ~5%
-            self.snapshots[name] = _Appender(
+            self.snapshots[name] = _Appender.create(
                 snaps.create_group(name), "snapshot", cols, 1, compress=False
             )
+        self._snapshots_done = 0
 
         self.reconstructions = None
         if image_shape is not None:
             rec = self.root.create_group("reconstructions")
             rec.attrs["image_shape"] = list(image_shape)
             n_pix = int(np.prod(image_shape))
-            self._rec_group = rec
-            self.reconstructions = _Appender(
-                rec,
-                "snapshot",
-                {
-                    "snapshot_step": (
-                        (),
-                        "int64",
-                        (),
-                        {"units": "1", "long_name": "step of the reconstruction"},
-                    ),
-                    "reconstruction": (
-                        (n_probe, n_pix),
-                        "float32",
-                        ("probe", "pixel"),
-                        {"units": "1", "long_name": "reconstruction of the probe inputs"},
-                    ),
-                },
-                1,
+            cols = {
+                "snapshot_step": _column((), (), "int64", "1", "step of the reconstruction"),
+                "reconstruction": _column(
+                    ("probe", "pixel"),
+                    (n_probe, n_pix),
+                    "float32",
+                    "1",
+                    "reconstruction of the probe inputs",
+                ),
+            }
+            self.reconstructions = _Appender.create(rec, "snapshot", cols, 1)
+
+    @classmethod
+    def reopen(cls, path: str | Path, committed: dict[str, int], commit_seconds: float = 10.0):
+        """Continue writing an existing store after the rows ``committed`` names (a checkpoint's
+        lengths); rows past them are dropped. Takes the writer lock (StoreError if held)."""
+        path = Path(path)
+        attrs = dynalign_attrs(path)
+        try:
+            lock = WriterLock(path)
+        except LockHeld:
+            raise StoreError(
+                f"{path} is being written by {describe_writer(attrs.get('writer'))}; "
+                "it is still running: wait for it to end before resuming it"
+            ) from None
+        root = zarr.open_group(str(path), mode="r+")
+        return cls(
+            path, {}, {}, False, commit_seconds=commit_seconds, _reopen=(lock, root, committed)
+        )
+
+    def _open_existing(self, committed: dict[str, int]) -> None:
+        # first the committed lengths shrink, then the arrays: readers never see a short array
+        self.root.attrs.update(
+            {
+                "committed": committed,
+                "status": "running",
+                "message": "",
+                "writer": writer_identity(),
+            }
+        )
+        self.layers = list(self.root.attrs["layers"])
+        self.manifest = list(self.root.attrs.get("arrays", []))
+        self.steps = _Appender.reopen(self.root["steps"], "step", committed["steps"])
+        self.epochs = _Appender.reopen(self.root["epochs"], "epoch", committed["epochs"])
+        self.snapshots = {
+            name: _Appender.reopen(
+                self.root[f"snapshots/{name}"], "snapshot", committed["snapshots"]
+            )
+            for name in self.layers
+        }
+        self._snapshots_done = committed["snapshots"]
+        self.reconstructions = None
+        if "reconstructions" in self.root:
+            self.reconstructions = _Appender.reopen(
+                self.root["reconstructions"], "snapshot", committed["reconstructions"]
             )
 
     # -- rows ---------------------------------------------------------------------------------
@@ -238,7 +403,6 @@ class RunWriter:
         i = self.epochs.row()
         for name, value in values.items():
             self.epochs.buffers[name][i] = value
-        self.epochs.flush()  # epochs are few: write each at once so a killed run keeps them
 
     def snapshot(
         self,
@@ -261,6 +425,7 @@ class RunWriter:
     def _flush_snapshots(self) -> None:
         for app in self.snapshots.values():
             app.flush()
+        self._snapshots_done = next(iter(self.snapshots.values())).n if self.snapshots else 0
 
     def _finish_snapshot(self) -> None:
         """Wait for the snapshot being written; its error, if any, is raised here."""
@@ -298,12 +463,41 @@ class RunWriter:
             dtype=values.dtype,
             dimension_names=dims,
             attributes={"units": units, "long_name": long_name},
+            config=ARRAY_CONFIG,
         )
         arr[...] = values
+        self.manifest.append(arr.path)
+
+    # -- commits ------------------------------------------------------------------------------
+    def committed_lengths(self, wait_for_snapshot: bool = False) -> dict[str, int]:
+        """Rows on disk in every appended group (after flushing the buffered ones)."""
+        if wait_for_snapshot:
+            self._finish_snapshot()
+        self.steps.flush()
+        self.epochs.flush()
+        lengths = {
+            "steps": self.steps.n,
+            "epochs": self.epochs.n,
+            "snapshots": self._snapshots_done,
+            "reconstructions": self.reconstructions.n if self.reconstructions else 0,
+        }
+        return lengths
+
+    def commit(self, **attrs: Any) -> dict[str, int]:
+        """Make every row written so far visible to readers (and ``attrs`` with it)."""
+        lengths = self.committed_lengths()
+        self.root.attrs.update({"committed": lengths, "arrays": self.manifest, **attrs})
+        self._last_commit = time.monotonic()
+        return lengths
+
+    def commit_if_due(self) -> None:
+        """A commit at least every ``commit_seconds``: bounds what a hard kill can lose."""
+        if time.monotonic() - self._last_commit >= self.commit_seconds:
+            self.commit()
 
     def close(self, status: str, message: str = "", **attrs: Any) -> None:
-        """Finish every write and set the final status; a failed snapshot write makes it
-        ``failed`` (and is raised once the store is consistent)."""
+        """Finish every write, commit, set the final status and release the writer lock; a
+        failed snapshot write makes it ``failed`` (and is raised once the store is consistent)."""
         assert status in STATUSES, status
         error = None
         try:
@@ -314,45 +508,16 @@ class RunWriter:
             if self._io is not None:
                 self._io.shutdown()
                 self._io = None
-        self.steps.flush()
-        self.epochs.flush()
-        self.root.attrs.update({"status": status, "message": message, **attrs})
+        try:
+            self.commit(status=status, message=message, **attrs)
+        except OSError as err:  # disk full: the last commit still stands, and says so
+            error = error or StoreError(
+                f"writing to {self.path} failed ({err.strerror or err}); the store keeps every "
+                "step up to its last commit: free disk space and `dynalign record --resume` it"
+            )
+            with contextlib.suppress(OSError):
+                self.root.attrs.update({"status": "failed", "message": str(error)})
+        finally:
+            self.lock.release()
         if error is not None:
             raise error
-
-
-def open_run(path: str | Path) -> xr.DataTree:
-    """Open a run store lazily as an ``xarray.DataTree`` after checking that it is one."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(
-            f"{path} does not exist; give the path of a run store written by `dynalign record`"
-        )
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        attrs = dict(group.attrs)
-    except Exception as err:  # zarr raises several types for foreign or damaged directories
-        raise StoreError(
-            f"{path} is not a readable zarr store ({type(err).__name__}: {err})"
-        ) from None
-    if "schema_version" not in attrs:
-        raise StoreError(
-            f"{path} is a zarr store but not a dynalign run (no schema_version attribute)"
-        )
-    if attrs["schema_version"] != SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has schema version {attrs['schema_version']}; this dynalign reads version "
-            f"{SCHEMA_VERSION}: open it with the dynalign version that wrote it "
-            f"({attrs.get('dynalign_version')})"
-        )
-    try:
-        return xr.open_datatree(str(path), engine="zarr", consolidated=False)
-    except Exception as err:
-        raise StoreError(
-            f"{path} is damaged and cannot be opened ({type(err).__name__}: {err})"
-        ) from None
-
-
-def run_config(tree: xr.DataTree) -> dict[str, Any]:
-    """The run's configuration as a nested dict."""
-    return json.loads(tree.attrs["config"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import checkpoint
 from .config import Config
 from .constraints import SignConstraint
 from .data import Dataset
@@ -20,6 +21,10 @@ from .feedback import exact_gradients, feedback_layers
 from .models import Network
 from .probes import StepContext, gram_is_cheaper, run_probes
 from .store import RunWriter
+
+
+class StopRequested(Exception):
+    """A signal asked the run to stop; raised between two steps, so the state is whole."""
 
 
 class Diverged(Exception):
@@ -69,6 +74,10 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.last_snapshot = -1
+        self.batch = 0  # minibatches of the current epoch done
+        self.order: torch.Tensor | None = None  # the current epoch's sample order
+        self.final: dict[str, float] = {}  # the last epoch's metrics
+        self._resumed = False
         self._before: list[torch.Tensor] | None = None
         self.stop_requested: str | None = None  # set by a signal handler: stop after this step
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
@@ -225,6 +234,44 @@ class Trainer:
         self.model.train()
         return total / max(n, 1), (correct / scored if scored else math.nan)
 
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint(self, epoch_done: bool) -> None:
+        """Commit every row so far together with the state the next step needs."""
+        if self.writer is None:
+            return
+        arrays = checkpoint.capture(
+            self.model, self.optimizer, {"shuffle": self.shuffle}, self.order
+        )
+        counters = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "epoch_done": epoch_done,
+            "last_snapshot": self.last_snapshot,
+            "final": self.final,
+        }
+        checkpoint.save(self.writer, arrays, counters)
+
+    def restore(self, arrays: dict[str, np.ndarray], counters: dict) -> None:
+        """Continue from a checkpoint (see ``checkpoint``): the next step is the one it saw."""
+        order = checkpoint.restore(self.model, self.optimizer, {"shuffle": self.shuffle}, arrays)
+        self.order = order.to(self.device) if order is not None else None
+        self.step, self.last_snapshot = counters["step"], counters["last_snapshot"]
+        self.epoch, self.batch = counters["epoch"], counters["batch"]
+        self.final = dict(counters["final"])
+        if counters["epoch_done"]:
+            self.epoch, self.batch, self.order = self.epoch + 1, 0, None
+        self._resumed = True
+
+    def keep_safe(self) -> None:
+        """After a step: a checkpoint when one is due, else a commit when one is due; this
+        bounds what a hard kill can lose."""
+        every = self.config.probes.checkpoint_every
+        if every and self.step % every == 0:
+            self.checkpoint(epoch_done=False)
+        elif self.writer is not None:
+            self.writer.commit_if_due()
+
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
         cfg = self.config.train
@@ -232,35 +279,50 @@ class Trainer:
         n = len(x_train)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total = cfg.epochs * steps_per_epoch
-        bar = _progress(total, self.progress)
+        bar = _progress(total, self.progress, initial=self.step)
         status, message = "completed", ""
-        final: dict[str, float] = {}
         self.model.train()
-        if self._due_snapshot(0):
-            self._snapshot()
+        if not self._resumed:
+            self.epoch = 1
+            if self._due_snapshot(0):
+                self._snapshot()
+        per_epoch = self.config.probes.checkpoint_every is None
         try:
-            for self.epoch in range(1, cfg.epochs + 1):
-                order = torch.randperm(n, generator=self.shuffle).to(self.device)
-                for start in range(0, n, cfg.batch_size):
-                    idx = order[start : start + cfg.batch_size]
+            while self.epoch <= cfg.epochs:
+                if self.order is None:
+                    self.order = torch.randperm(n, generator=self.shuffle).to(self.device)
+                while self.batch < steps_per_epoch:
+                    start = self.batch * cfg.batch_size
+                    idx = self.order[start : start + cfg.batch_size]
                     row = self.train_batch(x_train[idx], y_train[idx])
+                    self.batch += 1
                     bar.update(1)
+                    self.keep_safe()
                     if self.stop_requested:
-                        raise KeyboardInterrupt
+                        raise StopRequested
                     if self.step % 20 == 1 or self.step == total:
                         bar.set_postfix(
                             loss=f"{row['loss']:.4f}",
                             acc=f"{row['batch_accuracy']:.3f}",
                             refresh=False,
                         )
-                final = self._end_epoch()
+                self._end_epoch()
+                if per_epoch:
+                    self.checkpoint(epoch_done=True)
+                elif self.writer is not None:
+                    self.writer.commit()
+                self.epoch, self.batch, self.order = self.epoch + 1, 0, None
         except Diverged as err:
             if err.row is not None and self.writer is not None:
                 self.writer.append_step(err.row)
             status, message = "diverged", f"{err}; lower train.lr or set train.grad_clip"
-        except KeyboardInterrupt:
+        except StopRequested:  # between two steps: the state is whole, keep it
+            status = "interrupted"
+            message = f"stopped by {self.stop_requested} after step {self.step}"
+            self.checkpoint(epoch_done=False)
+        except KeyboardInterrupt:  # inside a step: the last checkpoint stands
             cause = self.stop_requested or "KeyboardInterrupt"
-            status, message = "interrupted", f"stopped by {cause} after step {self.step}"
+            status, message = "interrupted", f"stopped by {cause} during step {self.step}"
         finally:
             bar.close()
             if (
@@ -269,7 +331,8 @@ class Trainer:
                 and self.last_snapshot != self.step
             ):
                 self._snapshot()
-        return RunResult(status, message, self.step, self.epoch if final else self.epoch - 1, final)
+        done = int(self.final.get("epoch", 0))
+        return RunResult(status, message, self.step, done, dict(self.final))
 
     def _due_snapshot(self, step: int) -> bool:
         every = self.config.probes.snapshot_every
@@ -288,6 +351,7 @@ class Trainer:
         }
         if self.writer is not None:
             self.writer.append_epoch(row)
+        self.final = row
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} at epoch {self.epoch}")
         return row
@@ -309,12 +373,17 @@ def _per_layer(grads: tuple, counts: list[int]) -> list[torch.Tensor]:
     return out
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean
     return tqdm(
-        total=total, disable=None if enabled else True, unit="step", dynamic_ncols=True, leave=False
+        total=total,
+        initial=initial,
+        disable=None if enabled else True,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
     )
 
 

@@ -16,7 +16,7 @@ from test_report import _parse
 
 from analyses import COMPARE, applicable, figures
 from cli.analyze import analyze, report
-from dynalign.store import open_run
+from dynalign.reader import open_run
 
 
 @pytest.fixture(scope="module")

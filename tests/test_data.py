@@ -311,6 +311,10 @@ def test_cifar_incomplete_tarball(tmp_path, monkeypatch):
 
 def test_cifar_missing_tries_download_then_explains(tmp_path, offline):
     folder = tmp_path / "empty"
+    with pytest.raises(DataError, match="does not exist; create it"):  # a typo makes no folder
+        data.load(DataConfig(name="cifar10", data_dir=str(folder)), 0)
+    assert not folder.exists() and offline == []
+    folder.mkdir()
     with pytest.raises(DataError) as err:
         data.load(DataConfig(name="cifar10", data_dir=str(folder)), 0)
     target = folder / data.CIFAR10_FILE

@@ -17,7 +17,8 @@ import zarr
 import dynalign
 from dynalign.probes import probe_variables
 from dynalign.record import prepare, record
-from dynalign.store import EPOCH_VARIABLES, STEP_SCALARS, StoreError, open_run
+from dynalign.reader import open_run
+from dynalign.store import EPOCH_VARIABLES, STEP_SCALARS, StoreError
 
 PER_LAYER = [v.name for v in probe_variables()]
 
@@ -28,7 +29,7 @@ def test_store_schema(tmp_path, tiny_config):
     assert result.status == "completed"
     tree = open_run(tmp_path / "run.zarr")
     attrs = tree.attrs
-    assert attrs["schema_version"] == 1 and attrs["status"] == "completed"
+    assert attrs["schema_version"] == 2 and attrs["status"] == "completed"
     assert json.loads(attrs["config"])["rule"]["name"] == "fa"
     assert attrs["dataset"]["name"] == "digits" and len(attrs["dataset"]["sha256"]) == 64
     assert attrs["layers"] == ["fc1", "fc2", "fc3"]

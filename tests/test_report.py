@@ -67,7 +67,7 @@ def _expected_figures(trees) -> int:
 
 
 def test_html_has_every_figure_as_inline_png(tmp_path):
-    from dynalign.store import open_run
+    from dynalign.reader import open_run
 
     stores = _stores(tmp_path)
     out = write_report(stores, tmp_path / "out" / "report.html", progress=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import ConfigError
 from ..feedback import Linear
 from .base import Network
 
@@ -42,14 +43,19 @@ class SparseAutoencoder(Network):
         super().__init__()
         for name, size in (("n_inputs", n_inputs), ("width", width), ("code_size", code_size)):
             if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-                raise ValueError(f"SparseAutoencoder {name} must be a positive int, got {size!r}")
+                raise ConfigError(
+                    f"SparseAutoencoder {name} must be a positive int, got {size!r}; set "
+                    "model.width and model.code_size to 1 or more"
+                )
         if not 0.0 < sparsity_target < 1.0:
-            raise ValueError(
-                f"sparsity_target={sparsity_target!r} must lie strictly between 0 and 1, e.g. 0.05"
+            raise ConfigError(
+                f"sparsity_target={sparsity_target!r} must lie strictly between 0 and 1; set "
+                "model.sparsity_target to e.g. 0.05"
             )
         if sparsity_weight < 0:
-            raise ValueError(
-                f"sparsity_weight={sparsity_weight!r} must not be negative; use 0 to turn it off"
+            raise ConfigError(
+                f"sparsity_weight={sparsity_weight!r} must not be negative; set "
+                "model.sparsity_weight to 0 to turn it off"
             )
         self.n_inputs = n_inputs
         self.sparsity_target = float(sparsity_target)

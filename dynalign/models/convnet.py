@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..conv import Conv2d
 from ..feedback import Linear
 from .base import Network
@@ -25,11 +26,40 @@ def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"a ConvNet needs image inputs of shape (C, H, W) or (H, W), got {input_shape}; "
             "use model.kind=mlp for flat inputs"
         )
     return shape  # type: ignore[return-value]
+
+
+def block_shapes(
+    input_shape: tuple[int, ...], channels: list[int], kernel_size: int
+) -> list[tuple[int, int, int]]:
+    """(C, H, W) of the input image and after each block, or ConfigError for a geometry that
+    cannot work; called before any layer is built, so nothing is allocated for a bad one."""
+    if not channels:
+        raise ConfigError("a ConvNet needs at least one channel block; set model.channels=[16, 32]")
+    shape = image_shape(input_shape)
+    _, height, width = shape
+    if not 1 <= kernel_size <= min(height, width):
+        raise ConfigError(
+            f"model.kernel_size={kernel_size} does not fit the {height}x{width} input images; "
+            f"set model.kernel_size between 1 and {min(height, width)}, e.g. 3"
+        )
+    padding = kernel_size // 2
+    shapes = [shape]
+    for i, out_channels in enumerate(channels, start=1):
+        # a 2x2 max pool halves (rounding down) what the convolution leaves
+        height = (height + 2 * padding - kernel_size + 1) // 2
+        width = (width + 2 * padding - kernel_size + 1) // 2
+        if height < 1 or width < 1:
+            raise ConfigError(
+                f"ConvNet block {i} would shrink the {shape[1]}x{shape[2]} image below 1x1; "
+                f"use fewer channel blocks (model.channels has {len(channels)})"
+            )
+        shapes.append((out_channels, height, width))
+    return shapes
 
 
 class ConvNet(Network):
@@ -46,22 +76,12 @@ class ConvNet(Network):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if not channels:
-            raise ValueError("a ConvNet needs at least one channel block, e.g. channels=[16, 32]")
-        self.input_shape = image_shape(input_shape)
-        in_channels, height, width = self.input_shape
+        shapes = block_shapes(input_shape, channels, kernel_size)
+        self.input_shape = shapes[0]
+        in_channels = self.input_shape[0]
         padding = kernel_size // 2
         self.block_names: list[str] = []
         for i, out_channels in enumerate(channels, start=1):
-            # a 2x2 max pool halves (rounding down) what the convolution leaves
-            height = (height + 2 * padding - kernel_size + 1) // 2
-            width = (width + 2 * padding - kernel_size + 1) // 2
-            if height < 1 or width < 1:
-                raise ValueError(
-                    f"ConvNet block {i} would shrink the {self.input_shape[1]}x"
-                    f"{self.input_shape[2]} image below 1x1; use fewer channel blocks "
-                    f"(model.channels has {len(channels)})"
-                )
             block = {f"conv{i}": Conv2d(in_channels, out_channels, kernel_size, padding=padding)}
             if batch_norm != "none":
                 from ..batchnorm import make_batch_norm
@@ -75,7 +95,7 @@ class ConvNet(Network):
                 self.add_module(name, module)
                 self.block_names.append(name)
             in_channels = out_channels
-        self.n_features = in_channels * height * width
+        self.n_features = math.prod(shapes[-1])
         self.fc = Linear(self.n_features, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..feedback import Linear
 from .base import Network
 
@@ -26,7 +27,9 @@ def make_activation(
         from ..activations import MixedReLU
 
         return MixedReLU(width, excitatory_fraction, generator)
-    raise ValueError(f"unknown activation {name!r}")
+    raise ConfigError(
+        f"unknown activation {name!r}; set model.activation to relu, tanh, sigmoid or mixed_relu"
+    )
 
 
 class MLP(Network):

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError
 from ..feedback import Linear
 from .base import Network
 from .mlp import make_activation
@@ -68,18 +69,21 @@ class RNN(Network):
         super().__init__()
         input_shape = tuple(int(s) for s in input_shape)
         if not input_shape:
-            raise ValueError("RNN input_shape is empty; give (T,) or (C, H, W)")
+            raise ConfigError("RNN input_shape is empty; give (T,) or (C, H, W)")
         if activation not in RNN_ACTIVATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"RNN activation {activation!r} is not supported; "
                 f"use one of {', '.join(RNN_ACTIVATIONS)} (model.activation)"
             )
         if width < 1 or n_outputs < 1:
-            raise ValueError(
-                f"RNN needs width >= 1 and n_outputs >= 1, got width={width}, n_outputs={n_outputs}"
+            raise ConfigError(
+                f"RNN needs width >= 1 and n_outputs >= 1, got width={width}, "
+                f"n_outputs={n_outputs}; set model.width to 1 or more and use labelled data"
             )
         if min(input_shape) < 1:
-            raise ValueError(f"RNN input_shape {input_shape} has an empty dimension")
+            raise ConfigError(
+                f"RNN input_shape {input_shape} has an empty dimension; use data with samples"
+            )
         if len(input_shape) == 1:
             self.task = "sequence"
             n_features = n_outputs  # the input vocabulary is the output vocabulary
@@ -87,9 +91,9 @@ class RNN(Network):
             self.task = "image"
             n_features = math.prod(input_shape) // input_shape[-2]  # C * W values per row
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"RNN input_shape {input_shape} is neither (T,) token sequences "
-                "nor (C, H, W) / (H, W) images"
+                "nor (C, H, W) / (H, W) images; use text or image data for an rnn"
             )
         self.input_shape = input_shape
         self.n_outputs = n_outputs

@@ -1,0 +1,129 @@
+"""Checkpoints: all the state the next training step depends on, as plain arrays in the store.
+
+Model parameters and buffers (feedback tensors, batch-norm statistics, unit signs), optimiser
+state, every random generator (torch's, numpy's, the shuffle order's) and the current epoch's
+order go into ``checkpoint/<slot>`` as arrays: no pickle, so opening a store never executes
+anything. Counters go with the ``checkpoint`` root attribute. There are two slots, written in
+turn; the attribute names the complete one and is written in the same atomic commit as the
+row counts it belongs to, so a kill while a checkpoint is written leaves the previous one whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from .store import ARRAY_CONFIG, RunWriter, StoreError
+
+
+def capture(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    order: torch.Tensor | None,
+) -> dict[str, np.ndarray]:
+    """The training state as named host arrays (written at once, before training goes on)."""
+    arrays = {f"model.{k}": _host(t) for k, t in model.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            arrays[f"optimizer.{index}.{key}"] = _host(value)
+    for name, generator in generators.items():
+        arrays[f"rng.{name}"] = generator.get_state().numpy()
+    arrays["rng.torch"] = torch.get_rng_state().numpy()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    arrays["rng.numpy_keys"] = np.asarray(keys).copy()
+    arrays["rng.numpy_pos"] = np.asarray([pos, has_gauss], dtype=np.int64)
+    arrays["rng.numpy_gauss"] = np.asarray(cached, dtype=np.float64)
+    arrays["order"] = _host(order) if order is not None else np.zeros(0, dtype=np.int64)
+    return arrays
+
+
+def restore(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    arrays: dict[str, np.ndarray],
+) -> torch.Tensor | None:
+    """Put the captured state back; returns the epoch's order (None: none was drawn)."""
+    prefix = "model."
+    model.load_state_dict(
+        {k[len(prefix) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(prefix)}
+    )
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = torch.from_numpy(value)
+    saved = optimizer.state_dict()
+    saved["state"] = state
+    optimizer.load_state_dict(saved)
+    for name, generator in generators.items():
+        generator.set_state(torch.from_numpy(arrays[f"rng.{name}"]))
+    torch.set_rng_state(torch.from_numpy(arrays["rng.torch"]))
+    pos, has_gauss = (int(v) for v in arrays["rng.numpy_pos"])
+    keys = arrays["rng.numpy_keys"]
+    np.random.set_state(("MT19937", keys, pos, has_gauss, float(arrays["rng.numpy_gauss"])))
+    order = arrays["order"]
+    return torch.from_numpy(order) if order.size else None
+
+
+def save(writer: RunWriter, arrays: dict[str, np.ndarray], counters: dict[str, Any]) -> None:
+    """Write a checkpoint into the free slot, then commit it with the rows it belongs to."""
+    lengths = writer.committed_lengths(wait_for_snapshot=True)
+    previous = writer.root.attrs.get("checkpoint")
+    slot = "b" if isinstance(previous, dict) and previous.get("slot") == "a" else "a"
+    group = writer.root.require_group(f"checkpoint/{slot}")
+    for name, value in arrays.items():
+        _put(group, name, value)
+    info = {"slot": slot, "committed": lengths, "arrays": sorted(arrays), **counters}
+    writer.commit(checkpoint=info)
+
+
+def _put(group: zarr.Group, name: str, value: np.ndarray) -> None:
+    scalar = value.ndim == 0  # stored with one element: zarr skips a 0-d array's fill chunk
+    value = value.reshape(1) if scalar else value
+    if name in group:
+        array = group[name].with_config(ARRAY_CONFIG)
+        if array.shape == value.shape and array.dtype == value.dtype:
+            array[...] = value
+            return
+    array = group.create_array(
+        name,
+        shape=value.shape,
+        chunks=tuple(max(1, s) for s in value.shape),
+        dtype=value.dtype,
+        dimension_names=tuple(f"{name}_dim{i}" for i in range(value.ndim)),
+        compressors=None,  # weights and generator states hardly compress
+        overwrite=True,
+        config=ARRAY_CONFIG,
+        attributes={"scalar": scalar},
+    )
+    array[...] = value
+
+
+def load(root: zarr.Group) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The last complete checkpoint's arrays and counters (None: the run has none yet)."""
+    info = root.attrs.get("checkpoint")
+    if not isinstance(info, dict):
+        return None
+    try:
+        group = root[f"checkpoint/{info['slot']}"]
+        arrays = {name: _get(group[name]) for name in info["arrays"]}
+    except Exception as err:
+        raise StoreError(
+            f"its last checkpoint cannot be read ({type(err).__name__}: {err}); "
+            "`dynalign inspect --check` lists what is damaged"
+        ) from None
+    return arrays, info
+
+
+def _get(array: zarr.Array) -> np.ndarray:
+    value = np.asarray(array[...])
+    return value.reshape(()) if array.attrs.get("scalar") else value
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

@@ -1,0 +1,256 @@
+"""Reading a run store: the committed prefix as a lazy ``xarray.DataTree``, the writer's state,
+and a check that names every missing or damaged array and chunk.
+
+A store may be read while its run writes it, or after the run was killed: every appended array
+is taken up to the length the writer last committed (see ``dynalign.store``), so a reader
+always sees a consistent prefix, never a half-written row or a NaN-filled snapshot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from .store import APPENDED, SCHEMA_VERSION, StoreError
+from .writer_lock import describe_writer, writer_alive
+
+#: groups that hold the writer's private state, not the run's record
+PRIVATE_GROUPS = ("checkpoint",)
+
+
+class _Prefix(BackendArray):
+    """The first ``n`` rows of a zarr array, read lazily (only what is indexed)."""
+
+    def __init__(self, array: zarr.Array, n: int):
+        self.array = array
+        self.shape = (n, *array.shape[1:])
+        self.dtype = array.dtype
+
+    def __getitem__(self, key):
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._read
+        )
+
+    def _read(self, key: tuple) -> np.ndarray:
+        # bounds come from the prefix's shape, never the array's (which may be longer)
+        bounded = tuple(
+            slice(*k.indices(size)) if isinstance(k, slice) else k
+            for k, size in zip(key, self.shape, strict=False)
+        )
+        return np.asarray(self.array[bounded])
+
+
+def root_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attributes of the dynalign store at ``path``, checked (StoreError otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(
+            f"{path} does not exist; give the path of a run store written by `dynalign record`"
+        )
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as err:  # zarr raises several types for foreign or damaged directories
+        raise StoreError(
+            f"{path} is not a readable zarr store ({type(err).__name__}: {err}); give the path "
+            "of a run store written by `dynalign record`"
+        ) from None
+    if "schema_version" not in attrs:
+        raise StoreError(
+            f"{path} is a zarr store but not a dynalign run (no schema_version attribute); "
+            "give the path of a run store written by `dynalign record`"
+        )
+    version = attrs["schema_version"]
+    if version not in (1, SCHEMA_VERSION):
+        raise StoreError(
+            f"{path} has schema version {version}; this dynalign reads versions 1 and "
+            f"{SCHEMA_VERSION}: open it with the dynalign version that wrote it "
+            f"({attrs.get('dynalign_version')})"
+        )
+    return attrs
+
+
+def committed_lengths(attrs: dict[str, Any]) -> dict[str, int] | None:
+    """The committed row counts of a schema-2 store (None for schema 1: arrays are exact)."""
+    if attrs.get("schema_version") == 1:
+        return None
+    committed = attrs.get("committed")
+    if not isinstance(committed, dict) or not all(
+        isinstance(committed.get(g), int) and committed[g] >= 0 for g in APPENDED
+    ):
+        raise StoreError(
+            "its committed lengths (attribute 'committed') are missing or malformed, so the "
+            "store is damaged; `dynalign inspect --check` lists what is wrong"
+        )
+    return committed
+
+
+def open_run(path: str | Path) -> xr.DataTree:
+    """Open a run store lazily as an ``xarray.DataTree``: the committed prefix of every array.
+
+    Safe while the run is being written and after it was killed. The writer's private state
+    (checkpoints) is left out; plain ``zarr`` reads it.
+    """
+    path = Path(path)
+    attrs = root_attrs(path)
+    try:
+        if attrs["schema_version"] == 1:  # written whole at the end: arrays are exact
+            return xr.open_datatree(str(path), engine="zarr", consolidated=False)
+        committed = committed_lengths(attrs)
+        root = zarr.open_group(str(path), mode="r")
+        nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=attrs)}
+        for name, group in _groups(root):
+            nodes[name] = _dataset(group, committed.get(name.split("/")[0]), name)
+        tree = xr.DataTree.from_dict(nodes)
+        tree.encoding = {"source": str(path)}  # as xarray's own opener records it
+        return tree
+    except StoreError as err:
+        raise StoreError(f"{path}: {err}") from None
+    except Exception as err:
+        raise StoreError(
+            f"{path} is damaged and cannot be opened ({type(err).__name__}: {err}); "
+            "`dynalign inspect --check` lists what is wrong"
+        ) from None
+
+
+def _groups(group: zarr.Group, where: str = ""):
+    for name, child in sorted(group.groups()):
+        path = f"{where}/{name}" if where else name
+        if path in PRIVATE_GROUPS:
+            continue
+        yield path, child
+        yield from _groups(child, path)
+
+
+def _dataset(group: zarr.Group, n: int | None, name: str) -> xr.Dataset:
+    """One group's arrays as lazy variables; appended arrays cut to their committed ``n``."""
+    append_dim = APPENDED.get(name.split("/")[0])
+    variables = {}
+    for key, array in sorted(group.arrays()):
+        dims = tuple(array.metadata.dimension_names or ())
+        attrs = dict(array.attrs)
+        length = array.shape[0] if array.ndim else None
+        if n is not None and dims[:1] == (append_dim,):
+            if array.shape[0] < n:
+                raise StoreError(
+                    f"{name}/{key} holds {array.shape[0]} rows but {n} were committed: the "
+                    "store is damaged; `dynalign inspect --check` lists what is wrong"
+                )
+            length = n
+        if array.ndim == 1 and dims == (key,):  # an index coordinate: small, read now
+            data = np.asarray(array[:length])
+            if data.dtype.kind == "T":
+                data = data.astype(object)
+            variables[key] = xr.Variable(dims, data, attrs)
+        elif array.ndim == 0:
+            variables[key] = xr.Variable(dims, np.asarray(array[()]), attrs)
+        else:
+            backend = _Prefix(array, length)
+            variables[key] = xr.Variable(dims, indexing.LazilyIndexedArray(backend), attrs)
+    return xr.Dataset(variables, attrs=dict(group.attrs))
+
+
+# ----------------------------------------------------------------------------- the writer
+
+
+def writer_note(path: str | Path, attrs: dict[str, Any]) -> str:
+    """One line on a run whose status is still ``running``: live, or killed (and resumable)."""
+    if attrs.get("status") != "running":
+        return ""
+    who = describe_writer(attrs.get("writer"))
+    alive = writer_alive(path)
+    if alive:
+        steps = (attrs.get("committed") or {}).get("steps", "?")
+        return f"the run is still going, written by {who}; committed so far: {steps} steps"
+    if alive is False:
+        return (
+            f"status running, but its writer, {who}, is gone: the run was killed; "
+            f"`dynalign record --resume {path}` continues it"
+        )
+    return ""
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def check_store(path: str | Path, decode: bool = False) -> list[str]:
+    """Every problem of the store at ``path``, one line each (an empty list: none found).
+
+    Checks that every array the writer created is there, that none is shorter than its
+    committed length and that every chunk file of the committed region exists; with
+    ``decode`` it also reads every chunk, which finds truncated or corrupt ones.
+    """
+    path = Path(path)
+    attrs = root_attrs(path)
+    problems: list[str] = []
+    try:
+        committed = committed_lengths(attrs)
+    except StoreError as err:
+        return [str(err)]
+    root = zarr.open_group(str(path), mode="r")
+    expected = list(attrs.get("arrays") or [])
+    checkpoint = attrs.get("checkpoint")
+    if isinstance(checkpoint, dict):
+        slot = checkpoint.get("slot")
+        expected += [f"checkpoint/{slot}/{a}" for a in checkpoint.get("arrays", [])]
+    if committed is None:  # schema 1: no list of arrays, no empty chunks written
+        expected, committed = [name for name, _ in _all_arrays(root)], {}
+    for name in expected:
+        try:
+            array = root[name]
+        except (KeyError, FileNotFoundError, ValueError, json.JSONDecodeError) as err:
+            problems.append(f"array {name} is missing or unreadable ({type(err).__name__})")
+            continue
+        if not isinstance(array, zarr.Array):
+            problems.append(f"{name} should be an array but is a group")
+            continue
+        problems += _check_array(path, name, array, committed, decode)
+    return problems
+
+
+def _all_arrays(group: zarr.Group, where: str = ""):
+    for name, array in group.arrays():
+        yield (f"{where}/{name}" if where else name), array
+    for name, child in group.groups():
+        yield from _all_arrays(child, f"{where}/{name}" if where else name)
+
+
+def _check_array(path: Path, name: str, array: zarr.Array, committed: dict, decode: bool):
+    problems = []
+    dims = tuple(array.metadata.dimension_names or ())
+    group = name.split("/")[0]
+    length = array.shape[0] if array.ndim else 0
+    n = committed.get(group)
+    if n is not None and dims[:1] == (APPENDED[group],):
+        if length < n:
+            return [f"array {name} holds {length} rows but {n} were committed"]
+        length = n
+    shape = (length, *array.shape[1:]) if array.ndim else ()
+    grid = [range(math.ceil(s / c)) for s, c in zip(shape, array.chunks, strict=True)]
+    for index in itertools.product(*grid):
+        where = "/".join(map(str, index))
+        chunk_file = path / name / "c" / where if index else path / name / "c"
+        if committed and not chunk_file.is_file():
+            problems.append(f"array {name}: chunk {where or '(single)'} is missing")
+            continue
+        if decode:
+            region = tuple(
+                slice(i * c, min((i + 1) * c, s))
+                for i, c, s in zip(index, array.chunks, shape, strict=True)
+            )
+            try:
+                array[region]
+            except Exception as err:
+                problems.append(
+                    f"array {name}: chunk {where or '(single)'} cannot be decoded "
+                    f"({type(err).__name__}: {err})"
+                )
+    return problems
