@@ -271,7 +271,11 @@ def write_report(
             for i, run in enumerate(tqdm(runs, desc="report", unit="run", disable=not show)):
                 tree = open_tree(run)
                 trees.append(tree)
-                _run_section(out, tree, i)
+                try:
+                    _run_section(out, tree, i)
+                except AnalysisError as err:  # name the run: the report covers many
+                    where = run_source(tree) or run_name(tree, default=f"run {i + 1}")
+                    raise AnalysisError(f"{where}: {err}") from None
             if len(trees) > 1:
                 out.heading(2, "Comparison", anchor="compare")
                 _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")

@@ -169,7 +169,8 @@ def run_config(tree: xr.DataTree) -> dict[str, Any]:
         return json.loads(text)
     except (TypeError, json.JSONDecodeError):
         raise AnalysisError(
-            "the run's 'config' attribute is not valid JSON; was the store written by dynalign?"
+            "the run's 'config' attribute is not valid JSON, so the store is damaged; record the "
+            "run again"
         ) from None
 
 

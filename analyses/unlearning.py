@@ -197,6 +197,10 @@ def _zeroing(
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _too_short(tree: xr.DataTree, st: xr.Dataset, curve: str, n_points: int) -> str:
     """Why there is too little accuracy to analyse, from what the run recorded (not a guess)."""
     if tree.attrs.get("task") == "reconstruction":
@@ -212,14 +216,17 @@ def _too_short(tree: xr.DataTree, st: xr.Dataset, curve: str, n_points: int) -> 
     else:
         fix = "record a longer run (raise train.epochs)"
     return (
-        f"the run recorded {n_steps} steps and {n_epochs} epochs (status {status}), so the "
+        f"the run recorded {_count(n_steps, 'step')} and {_count(n_epochs, 'epoch')} "
+        f"(status {status}), so the "
         f"{curve} accuracy has {n_points} points and unlearning needs at least 3; {fix}"
     )
 
 
 def _check_params(curve: str, margin: float, rise_fraction: float) -> None:
     if curve not in CURVES:
-        raise AnalysisError(f"curve={curve!r} must be one of {', '.join(CURVES)}")
+        raise AnalysisError(
+            f"curve={curve!r} must be one of {', '.join(CURVES)}; choose one of them"
+        )
     if not 0 < margin < 1:
         raise AnalysisError(
             f"margin={margin!r} must be an accuracy difference in (0, 1), e.g. 0.05"

@@ -30,6 +30,7 @@ from analyses import (
 from analyses import summary as summary_values
 from analyses.compare import unique_names
 from analyses.smoothing import run_name
+from dynalign.reader import check_store, writer_note
 from dynalign.store import StoreError
 
 COMPARE_NAME = "compare"
@@ -44,13 +45,22 @@ class InputError(click.ClickException):
 
 
 def open_stores(paths: tuple[str, ...]) -> list[xr.DataTree]:
-    """Open every store (lazily), or stop at the first bad one naming it and what is wrong."""
+    """Open every store (lazily), or stop at the first bad one naming it and what is wrong.
+
+    A run still being written, one whose writer was killed, and missing arrays or chunks are
+    named on stderr, one warning line each: the analyses see only what is there.
+    """
     trees = []
     for path in paths:
         try:
-            trees.append(open_tree(path))
+            tree = open_tree(path)
+            problems = check_store(path)
         except StoreError as err:
             raise InputError(str(err)) from None
+        note = writer_note(path, dict(tree.attrs))
+        for line in ([note] if note else []) + problems:
+            click.echo(f"warning: {path}: {line}", err=True)
+        trees.append(tree)
     return trees
 
 

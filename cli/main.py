@@ -35,7 +35,7 @@ def cli() -> None:
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False),
+    type=str,
     help="TOML file with [model], [rule], [data], [train], [probes] sections",
 )
 @click.option(
@@ -106,11 +106,6 @@ def record(preset, config_file, assignments, out, overwrite, resume_store, quiet
         if out is None:
             out = f"runs/{preset or config.rule.name + '-' + config.data.name}.zarr"
         out = Path(out)
-        if not out.parent.is_dir():
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                fail(f"cannot create the directory for {out}: {err.strerror}; choose another --out")
         run = lambda: run_record(config, out, overwrite=overwrite, progress=not quiet)  # noqa: E731
     try:
         result = run()

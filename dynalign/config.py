@@ -77,7 +77,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adam
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global norm of the update, None: off
-    seed: int = 0
+    seed: int = 0  # 0 .. 2**32 - 1 (SEED_MAX): torch and numpy generators take no more
     device: str = "cpu"
     threads: int | None = None  # CPU threads for torch; None: torch's default (all cores)
 
@@ -225,7 +225,7 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
             return None
         raise ConfigError(f"{key} cannot be empty; give a value like {key}={default!r}")
     base = annotation.split("|")[0].strip()
-    example = f"for example {key}={default!r}" if default is not None else f"or {key}=none"
+    example = f"e.g. {key}={default!r}" if default is not None else f"e.g. {key}=none"
     try:
         if base == "bool":
             if isinstance(value, str):
@@ -264,7 +264,7 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
     except (TypeError, ValueError, OverflowError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{key}={value!r} is not a valid {base}; {example}") from None
+        raise ConfigError(f"{key}={value!r} is not a valid {base}; give one, {example}") from None
 
 
 def _validate(key: str, value: Any) -> None:

@@ -68,11 +68,14 @@ class _Signals:
 
     def __init__(self, trainer: Trainer):
         self.trainer, self.closing = trainer, False
+        # set once training runs: before, the store is being created (a moment), and an
+        # exception there would leave it half-made and without a status
+        self.training = False
 
     def __call__(self, signum, frame) -> None:
         if self.closing:
             return
-        if self.trainer.stop_requested:
+        if self.trainer.stop_requested and self.training:
             raise KeyboardInterrupt
         self.trainer.stop_requested = signal.Signals(signum).name
 
@@ -99,6 +102,13 @@ def record(
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise StoreError(f"{out} already exists; choose another --out or pass --overwrite")
     data, model, constraint = prepare(config)
+    if not out.parent.is_dir():  # only once the run is known to be valid
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"cannot create the folder for {out}: {err.strerror}; choose another --out"
+            ) from None
     layers = feedback_layers(model)
     has_feedback = any(layer.feedback is not None for layer in layers.values())
     autoencoder = hasattr(model, "reconstruct")
@@ -144,6 +154,11 @@ def resume(out: str | Path, progress: bool = True) -> RunResult:
     out = Path(out)
     if not out.exists():
         raise StoreError(f"{out} does not exist; give the store of a run to resume")
+    if out.is_dir() and not any(out.iterdir()):
+        raise StoreError(
+            f"{out} is empty: its run was stopped before it wrote anything, so there is nothing "
+            "to resume; record it again (with --overwrite)"
+        )
     attrs = dynalign_attrs(out)
     status = attrs.get("status")
     if attrs.get("schema_version") != SCHEMA_VERSION:
@@ -196,6 +211,7 @@ def _train(writer: RunWriter, trainer: Trainer, signals: _Signals, write_static)
             cause = trainer.stop_requested
             result = RunResult("interrupted", f"stopped by {cause} before the first step", 0, 0, {})
         else:
+            signals.training = True
             result = trainer.run()
     except BaseException as err:
         signals.closing = True

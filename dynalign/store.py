@@ -40,8 +40,9 @@ APPENDED = {
     "snapshots": "snapshot",
     "reconstructions": "snapshot",
 }
-#: what a writer may remove from a store it replaces: the root metadata and its own groups
-OWN_ENTRIES = ("zarr.json", *APPENDED, "units", "checkpoint")
+#: what a writer may remove from a store it replaces: its own groups and the root metadata,
+#: last, so that a store half-cleared by a kill is still a run store that --overwrite clears
+OWN_ENTRIES = (*APPENDED, "units", "checkpoint", "zarr.json")
 #: chunk files are written even where every value is the fill value, so that a missing chunk
 #: file always means damage (see ``dynalign.reader.check_store``)
 ARRAY_CONFIG = {"write_empty_chunks": True}
@@ -166,7 +167,9 @@ def claim_store(path: Path, overwrite: bool) -> WriterLock:
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise StoreError(f"{path} already exists; choose another --out or pass --overwrite")
-        attrs = dynalign_attrs(path)  # raises StoreError for anything but a run store
+        # an empty directory holds nothing to lose: a run killed before it wrote its metadata
+        empty = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+        attrs = {} if empty else dynalign_attrs(path)  # StoreError for anything but a run store
         _refuse_special_directory(path)
         try:
             lock = WriterLock(path)
@@ -175,12 +178,7 @@ def claim_store(path: Path, overwrite: bool) -> WriterLock:
                 f"{path} is being written by {describe_writer(attrs.get('writer'))}; "
                 "wait for that run to end (or stop it), or choose another --out"
             ) from None
-        for name in OWN_ENTRIES:
-            entry = path / name
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            elif entry.exists() or entry.is_symlink():
-                entry.unlink()
+        _remove_own_entries(path)
         return lock
     try:
         path.mkdir()
@@ -196,6 +194,15 @@ def claim_store(path: Path, overwrite: bool) -> WriterLock:
         return WriterLock(path)
     except LockHeld:
         raise StoreError(f"{path} was claimed by another writer; choose another --out") from None
+
+
+def _remove_own_entries(path: Path) -> None:
+    for name in OWN_ENTRIES:
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
 
 
 def dynalign_attrs(path: Path) -> dict[str, Any]:
@@ -276,6 +283,10 @@ class RunWriter:
             )
             self.manifest = sorted(_array_paths(self.root))
         except OSError as err:
+            # a half-made store is neither readable nor resumable: leave nothing behind
+            with contextlib.suppress(OSError):
+                _remove_own_entries(self.path)
+                self.path.rmdir()
             self.lock.release()
             raise StoreError(
                 f"cannot write the store {self.path}: {err.strerror or err}; "
@@ -368,7 +379,7 @@ class RunWriter:
 
     def _open_existing(self, committed: dict[str, int]) -> None:
         # first the committed lengths shrink, then the arrays: readers never see a short array
-        self.root.attrs.update(
+        self.root.update_attributes(
             {
                 "committed": committed,
                 "status": "running",
@@ -484,9 +495,13 @@ class RunWriter:
         return lengths
 
     def commit(self, **attrs: Any) -> dict[str, int]:
-        """Make every row written so far visible to readers (and ``attrs`` with it)."""
+        """Make every row written so far visible to readers (and ``attrs`` with it).
+
+        ``update_attributes`` writes the root metadata once; ``attrs.update`` would write it
+        once per key, so a kill (or full disk) between could keep half a commit.
+        """
         lengths = self.committed_lengths()
-        self.root.attrs.update({"committed": lengths, "arrays": self.manifest, **attrs})
+        self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
         self._last_commit = time.monotonic()
         return lengths
 
@@ -516,7 +531,7 @@ class RunWriter:
                 "step up to its last commit: free disk space and `dynalign record --resume` it"
             )
             with contextlib.suppress(OSError):
-                self.root.attrs.update({"status": "failed", "message": str(error)})
+                self.root.update_attributes({"status": "failed", "message": str(error)})
         finally:
             self.lock.release()
         if error is not None:

@@ -16,8 +16,8 @@ import zarr
 
 import dynalign
 from dynalign.probes import probe_variables
-from dynalign.record import prepare, record
 from dynalign.reader import open_run
+from dynalign.record import prepare, record
 from dynalign.store import EPOCH_VARIABLES, STEP_SCALARS, StoreError
 
 PER_LAYER = [v.name for v in probe_variables()]
