@@ -8,9 +8,11 @@ always sees a consistent prefix, never a half-written row or a NaN-filled snapsh
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,19 @@ from .writer_lock import describe_writer, writer_alive
 
 #: groups that hold the writer's private state, not the run's record
 PRIVATE_GROUPS = ("checkpoint",)
+#: zarr warns of every file outside the hierarchy: a writer's temporary ``*.partial`` files
+#: (there while it writes, and for good after a kill) or a user's notes; no reader's concern
+_FOREIGN_FILE = "Object at .* is not recognized as a component of a Zarr hierarchy"
+
+
+def _quiet_about_foreign_files(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_FOREIGN_FILE)
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 class _Prefix(BackendArray):
@@ -93,6 +108,7 @@ def committed_lengths(attrs: dict[str, Any]) -> dict[str, int] | None:
     return committed
 
 
+@_quiet_about_foreign_files
 def open_run(path: str | Path) -> xr.DataTree:
     """Open a run store lazily as an ``xarray.DataTree``: the committed prefix of every array.
 
@@ -181,6 +197,7 @@ def writer_note(path: str | Path, attrs: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- checking
 
 
+@_quiet_about_foreign_files
 def check_store(path: str | Path, decode: bool = False) -> list[str]:
     """Every problem of the store at ``path``, one line each (an empty list: none found).
 

@@ -29,6 +29,7 @@ from .reader import check_store
 from .rules import attach_rule, make_rule
 from .store import SCHEMA_VERSION, RunWriter, StoreError, dynalign_attrs
 from .trainer import RunResult, Trainer, seed_everything
+from .writer_lock import describe_writer, writer_alive
 
 
 def check_device(device: str) -> None:
@@ -68,14 +69,14 @@ class _Signals:
 
     def __init__(self, trainer: Trainer):
         self.trainer, self.closing = trainer, False
-        # set once training runs: before, the store is being created (a moment), and an
-        # exception there would leave it half-made and without a status
-        self.training = False
 
     def __call__(self, signum, frame) -> None:
         if self.closing:
             return
-        if self.trainer.stop_requested and self.training:
+        # only inside the training loop (``Trainer.interruptible``), and only once: anywhere
+        # else (creating the store, saving the stop checkpoint) it would leave no status
+        if self.trainer.stop_requested and self.trainer.interruptible:
+            self.trainer.interruptible = False
             raise KeyboardInterrupt
         self.trainer.stop_requested = signal.Signals(signum).name
 
@@ -160,6 +161,11 @@ def resume(out: str | Path, progress: bool = True) -> RunResult:
             "to resume; record it again (with --overwrite)"
         )
     attrs = dynalign_attrs(out)
+    if writer_alive(out):
+        raise StoreError(
+            f"{out} is being written by {describe_writer(attrs.get('writer'))}: the run is still "
+            "going; wait for it to end (or stop it) before resuming it"
+        )
     status = attrs.get("status")
     if attrs.get("schema_version") != SCHEMA_VERSION:
         raise StoreError(
@@ -211,7 +217,6 @@ def _train(writer: RunWriter, trainer: Trainer, signals: _Signals, write_static)
             cause = trainer.stop_requested
             result = RunResult("interrupted", f"stopped by {cause} before the first step", 0, 0, {})
         else:
-            signals.training = True
             result = trainer.run()
     except BaseException as err:
         signals.closing = True

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .durable import DurableStore
 from .writer_lock import LockHeld, WriterLock, describe_writer, writer_identity
 
 SCHEMA_VERSION = 2
@@ -261,12 +262,14 @@ class RunWriter:
         self._last_commit = time.monotonic()
         if _reopen is not None:
             self.lock, self.root, committed = _reopen
+            self.store = self.root.store
             self._open_existing(committed)
             return
         self.lock = claim_store(self.path, overwrite)
         try:
+            self.store = DurableStore(self.path)
             self.root = zarr.create_group(
-                str(self.path),
+                self.store,
                 zarr_format=3,
                 attributes={
                     "schema_version": SCHEMA_VERSION,
@@ -372,7 +375,7 @@ class RunWriter:
                 f"{path} is being written by {describe_writer(attrs.get('writer'))}; "
                 "it is still running: wait for it to end before resuming it"
             ) from None
-        root = zarr.open_group(str(path), mode="r+")
+        root = zarr.open_group(DurableStore(path), mode="r+")
         return cls(
             path, {}, {}, False, commit_seconds=commit_seconds, _reopen=(lock, root, committed)
         )
@@ -501,7 +504,9 @@ class RunWriter:
         once per key, so a kill (or full disk) between could keep half a commit.
         """
         lengths = self.committed_lengths()
+        self.store.sync()  # the rows reach the disk before the lengths that point at them
         self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
+        self.store.sync()
         self._last_commit = time.monotonic()
         return lengths
 

@@ -80,6 +80,7 @@ class Trainer:
         self._resumed = False
         self._before: list[torch.Tensor] | None = None
         self.stop_requested: str | None = None  # set by a signal handler: stop after this step
+        self.interruptible = False  # inside the loop: a second signal may interrupt a step
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
         self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
         n_probe = config.probes.n_probe_inputs
@@ -288,6 +289,7 @@ class Trainer:
                 self._snapshot()
         per_epoch = self.config.probes.checkpoint_every is None
         try:
+            self.interruptible = True
             while self.epoch <= cfg.epochs:
                 if self.order is None:
                     self.order = torch.randperm(n, generator=self.shuffle).to(self.device)
@@ -299,6 +301,7 @@ class Trainer:
                     bar.update(1)
                     self.keep_safe()
                     if self.stop_requested:
+                        self.interruptible = False  # the stop checkpoint must not be cut
                         raise StopRequested
                     if self.step % 20 == 1 or self.step == total:
                         bar.set_postfix(
@@ -324,6 +327,7 @@ class Trainer:
             cause = self.stop_requested or "KeyboardInterrupt"
             status, message = "interrupted", f"stopped by {cause} during step {self.step}"
         finally:
+            self.interruptible = False
             bar.close()
             if (
                 self.writer is not None
