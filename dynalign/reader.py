@@ -102,8 +102,8 @@ def committed_lengths(attrs: dict[str, Any]) -> dict[str, int] | None:
         isinstance(committed.get(g), int) and committed[g] >= 0 for g in APPENDED
     ):
         raise StoreError(
-            "its committed lengths (attribute 'committed') are missing or malformed, so the "
-            "store is damaged; `dynalign inspect --check` lists what is wrong"
+            "its committed lengths (attribute 'committed') are missing or malformed, so no "
+            "row of it can be trusted; record the run again"
         )
     return committed
 

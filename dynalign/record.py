@@ -173,7 +173,10 @@ def resume(out: str | Path, progress: bool = True) -> RunResult:
             "be resumed; record it again"
         )
     if status == "completed":
-        raise StoreError(f"{out} is a completed run; there is nothing to resume")
+        raise StoreError(
+            f"{out} is a completed run, so there is nothing to resume; record a new run into "
+            "another --out"
+        )
     if status == "diverged":
         raise StoreError(
             f"{out} diverged ({attrs.get('message', '')}); resuming would diverge again: record "

@@ -170,7 +170,8 @@ def claim_store(path: Path, overwrite: bool) -> WriterLock:
             raise StoreError(f"{path} already exists; choose another --out or pass --overwrite")
         # an empty directory holds nothing to lose: a run killed before it wrote its metadata
         empty = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
-        attrs = {} if empty else dynalign_attrs(path)  # StoreError for anything but a run store
+        fix = "--overwrite replaces only run stores: choose another --out"
+        attrs = {} if empty else dynalign_attrs(path, fix)  # only a run store is replaced
         _refuse_special_directory(path)
         try:
             lock = WriterLock(path)
@@ -206,13 +207,13 @@ def _remove_own_entries(path: Path) -> None:
             entry.unlink()
 
 
-def dynalign_attrs(path: Path) -> dict[str, Any]:
-    """The root attributes of the dynalign store at ``path`` (StoreError for anything else)."""
+def dynalign_attrs(
+    path: Path, fix: str = "give the path of a store written by `dynalign record`"
+) -> dict[str, Any]:
+    """The root attributes of the dynalign store at ``path`` (StoreError, ending in ``fix``,
+    for anything else)."""
     if not path.is_dir():
-        raise StoreError(
-            f"{path} is not a directory, so not a dynalign run store; --overwrite replaces only "
-            "run stores: choose another --out"
-        )
+        raise StoreError(f"{path} is not a directory, so not a dynalign run store; {fix}")
     meta = path / "zarr.json"
     try:
         attrs = json.loads(meta.read_text()).get("attributes", {})
@@ -220,8 +221,7 @@ def dynalign_attrs(path: Path) -> dict[str, Any]:
         attrs = None
     if not isinstance(attrs, dict) or "schema_version" not in attrs:
         raise StoreError(
-            f"{path} is not a dynalign run store (no zarr metadata with schema_version); "
-            "--overwrite replaces only run stores: choose another --out"
+            f"{path} is not a dynalign run store (no zarr metadata with schema_version); {fix}"
         )
     return attrs
 

@@ -35,10 +35,11 @@ class Case:
     problem: str  # fragment naming what is wrong
     fix: str  # fragment of the fix hint
     setup: object = None
+    raw: bool = False  # a `record` case that names its own --out (or --resume): args as given
     record: bool = field(init=False)
 
     def __post_init__(self):
-        self.record = self.args[0] == "record"
+        self.record = self.args[0] == "record" and not self.raw
 
 
 def _toml(text: str | bytes):
@@ -62,6 +63,24 @@ def _file(name: str, data: bytes = b"x"):
         (tmp / name).write_bytes(data)
 
     return make
+
+
+def _foreign_zarr(tmp: Path) -> None:
+    import zarr
+
+    zarr.open_group(str(tmp / "other.zarr"), mode="w", zarr_format=3).attrs["owner"] = "someone"
+
+
+def _without_committed(tmp: Path) -> None:
+    """A copy of the tiny store (see ``stores``) whose committed lengths are gone."""
+    shutil.copytree(STORE_FOR_SETUP[0], tmp / "nocommit.zarr")
+    meta = json.loads((tmp / "nocommit.zarr" / "zarr.json").read_text())
+    del meta["attributes"]["committed"]
+    (tmp / "nocommit.zarr" / "zarr.json").write_text(json.dumps(meta))
+
+
+#: the tiny recorded store's path, for setups that copy it (filled by the ``stores`` fixture)
+STORE_FOR_SETUP: list[str] = []
 
 
 def _idx(n_images: int = 20, n_labels: int = 20, truncate: int = 0, swap: bool = False):
@@ -473,6 +492,117 @@ CASES = [
         "choose another --out",
         _file("f"),
     ),
+    # stores and output paths: record --out / --resume, inspect, analyze
+    Case(
+        "out-exists",
+        ["record", *SMALL, "--quiet", "--out", "{tmp}/f"],
+        "already exists",
+        "pass --overwrite",
+        _file("f"),
+        raw=True,
+    ),
+    Case(
+        "overwrite-a-file",
+        ["record", *SMALL, "--quiet", "--overwrite", "--out", "{tmp}/notes.txt"],
+        "is not a directory",
+        "--overwrite replaces only run stores",
+        _file("notes.txt", b"my notes"),
+        raw=True,
+    ),
+    Case(
+        "overwrite-a-folder",
+        ["record", *SMALL, "--quiet", "--overwrite", "--out", "{tmp}/mine"],
+        "is not a dynalign run store",
+        "choose another --out",
+        lambda tmp: _dirs("mine")(tmp) or _file("mine/data.csv")(tmp),
+        raw=True,
+    ),
+    Case(
+        "overwrite-foreign-zarr",
+        ["record", *SMALL, "--quiet", "--overwrite", "--out", "{tmp}/other.zarr"],
+        "no zarr metadata with schema_version",
+        "choose another --out",
+        _foreign_zarr,
+        raw=True,
+    ),
+    Case(
+        "resume-missing",
+        ["record", "--resume", "{tmp}/none.zarr"],
+        "does not exist",
+        "give the store of a run to resume",
+        raw=True,
+    ),
+    Case(
+        "resume-completed",
+        ["record", "--resume", "{store}"],
+        "is a completed run",
+        "record a new run",
+        raw=True,
+    ),
+    Case(
+        "resume-with-set",
+        ["record", "--resume", "{killed}", "--set", "train.lr=0.1"],
+        "takes the run's configuration from its store",
+        "drop --set",
+        raw=True,
+    ),
+    Case(
+        "resume-a-folder",
+        ["record", "--resume", "{tmp}/mine"],
+        "is not a dynalign run store",
+        "give the path of a store",
+        lambda tmp: _dirs("mine")(tmp) or _file("mine/a.txt")(tmp),
+        raw=True,
+    ),
+    Case(
+        "resume-empty-folder",
+        ["record", "--resume", "{tmp}/empty"],
+        "is empty",
+        "record it again",
+        _dirs("empty"),
+        raw=True,
+    ),
+    Case(
+        "resume-schema-1",
+        ["record", "--resume", "{killed}"],
+        "schema version 1",
+        "record it again",
+        raw=True,
+    ),
+    Case(
+        "inspect-missing",
+        ["inspect", "{tmp}/none.zarr"],
+        "does not exist",
+        "give the path of a run store",
+    ),
+    Case(
+        "inspect-a-file",
+        ["inspect", "{tmp}/f"],
+        "is not a readable zarr store",
+        "give the path of a run store",
+        _file("f", b"\x00\x01binary"),
+    ),
+    Case(
+        "inspect-foreign-zarr",
+        ["inspect", "--check", "{tmp}/other.zarr"],
+        "not a dynalign run",
+        "give the path of a run store",
+        _foreign_zarr,
+    ),
+    Case(
+        "inspect-no-committed",
+        ["inspect", "--json", "{tmp}/nocommit.zarr"],
+        "committed lengths",
+        "record the run again",
+        _without_committed,
+    ),
+    Case(
+        "analyze-no-committed",
+        ["analyze", "{tmp}/nocommit.zarr"],
+        "committed lengths",
+        "record the run again",
+        _without_committed,
+    ),
     Case(
         "report-damaged-config",
         ["report", "{store}", "{damaged}", "--out", "{tmp}/sub/r.html", "--pdf"],
@@ -496,6 +626,7 @@ def stores(tmp_path_factory):
     meta = json.loads((damaged / "zarr.json").read_text())
     meta["attributes"]["config"] = "{not json"
     (damaged / "zarr.json").write_text(json.dumps(meta))
+    STORE_FOR_SETUP[:] = [str(store)]
     return {"store": str(store), "killed": str(killed), "damaged": str(damaged)}
 
 
