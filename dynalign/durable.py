@@ -22,9 +22,6 @@ class DurableStore(LocalStore):
         super().__init__(root, read_only=read_only)
         self._written: set[str] = set()  # keys; set.add and set.pop are atomic across threads
 
-    def with_read_only(self, read_only: bool = False) -> DurableStore:
-        return type(self)(root=self.root, read_only=read_only)
-
     async def set(self, key, value) -> None:
         await super().set(key, value)
         self._written.add(key)

@@ -22,7 +22,7 @@ import zarr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from .store import APPENDED, SCHEMA_VERSION, StoreError
+from .store import APPENDED, SCHEMA_VERSION, StoreError, array_paths
 from .writer_lock import describe_writer, writer_alive
 
 #: groups that hold the writer's private state, not the run's record
@@ -219,7 +219,7 @@ def check_store(path: str | Path, decode: bool = False) -> list[str]:
         slot = checkpoint.get("slot")
         expected += [f"checkpoint/{slot}/{a}" for a in checkpoint.get("arrays", [])]
     if committed is None:  # schema 1: no list of arrays, no empty chunks written
-        expected, committed = [name for name, _ in _all_arrays(root)], {}
+        expected, committed = list(array_paths(root)), {}
     for name in expected:
         try:
             array = root[name]
@@ -231,13 +231,6 @@ def check_store(path: str | Path, decode: bool = False) -> list[str]:
             continue
         problems += _check_array(path, name, array, committed, decode)
     return problems
-
-
-def _all_arrays(group: zarr.Group, where: str = ""):
-    for name, array in group.arrays():
-        yield (f"{where}/{name}" if where else name), array
-    for name, child in group.groups():
-        yield from _all_arrays(child, f"{where}/{name}" if where else name)
 
 
 def _check_array(path: Path, name: str, array: zarr.Array, committed: dict, decode: bool):

@@ -151,12 +151,12 @@ def _column(dims: tuple[str, ...], trailing: tuple, dtype: str, units: str, long
     return (trailing, dtype, dims, {"units": units, "long_name": long_name})
 
 
-def _array_paths(group: zarr.Group):
+def array_paths(group: zarr.Group):
     """Every array below ``group``: the list a reader checks a store against."""
     for _, array in group.arrays():
         yield array.path
     for _, child in group.groups():
-        yield from _array_paths(child)
+        yield from array_paths(child)
 
 
 def claim_store(path: Path, overwrite: bool) -> WriterLock:
@@ -284,7 +284,7 @@ class RunWriter:
             self._create(
                 layers, has_feedback, extra_step_terms, step_variables, chunk, image_shape, n_probe
             )
-            self.manifest = sorted(_array_paths(self.root))
+            self.manifest = sorted(array_paths(self.root))
         except OSError as err:
             # a half-made store is neither readable nor resumable: leave nothing behind
             with contextlib.suppress(OSError):
