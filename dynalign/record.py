@@ -73,8 +73,8 @@ class _Signals:
     def __call__(self, signum, frame) -> None:
         if self.closing:
             return
-        # only inside the training loop (``Trainer.interruptible``), and only once: anywhere
-        # else (creating the store, saving the stop checkpoint) it would leave no status
+        # only while a step computes (``Trainer.interruptible``), and only once: anywhere else
+        # (creating the store, flushing rows, a checkpoint) it would break what is being written
         if self.trainer.stop_requested and self.trainer.interruptible:
             self.trainer.interruptible = False
             raise KeyboardInterrupt

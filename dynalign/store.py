@@ -139,10 +139,12 @@ class _Appender:
         if not self.filled:
             return
         end = self.n + self.filled
+        # every array first, the buffers cleared only after: a flush that fails half-way (a
+        # full disk) keeps its rows, and the next flush writes them all again
         for name, arr in self.arrays.items():
-            buf = self.buffers[name]
             arr.resize((end, *arr.shape[1:]))
-            arr[self.n : end] = buf[: self.filled]
+            arr[self.n : end] = self.buffers[name][: self.filled]
+        for buf in self.buffers.values():
             buf.fill(_fill(str(buf.dtype)))
         self.n, self.filled = end, 0
 

@@ -80,7 +80,9 @@ class Trainer:
         self._resumed = False
         self._before: list[torch.Tensor] | None = None
         self.stop_requested: str | None = None  # set by a signal handler: stop after this step
-        self.interruptible = False  # inside the loop: a second signal may interrupt a step
+        # true only while a step computes: a second signal may cut that short, never a write
+        # to the store (a half-done flush would lose rows it had already taken)
+        self.interruptible = False
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
         self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
         n_probe = config.probes.n_probe_inputs
@@ -110,7 +112,11 @@ class Trainer:
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """One optimiser step on a minibatch, recorded (and snapshotted when due)."""
         self.step += 1
-        row = self._train_step(x, y)
+        self.interruptible = True
+        try:
+            row = self._train_step(x, y)
+        finally:
+            self.interruptible = False
         if self.writer is not None:
             self.writer.append_step(row)
             if self._due_snapshot(self.step):
@@ -289,7 +295,6 @@ class Trainer:
                 self._snapshot()
         per_epoch = self.config.probes.checkpoint_every is None
         try:
-            self.interruptible = True
             while self.epoch <= cfg.epochs:
                 if self.order is None:
                     self.order = torch.randperm(n, generator=self.shuffle).to(self.device)
@@ -301,7 +306,6 @@ class Trainer:
                     bar.update(1)
                     self.keep_safe()
                     if self.stop_requested:
-                        self.interruptible = False  # the stop checkpoint must not be cut
                         raise StopRequested
                     if self.step % 20 == 1 or self.step == total:
                         bar.set_postfix(
@@ -327,7 +331,6 @@ class Trainer:
             cause = self.stop_requested or "KeyboardInterrupt"
             status, message = "interrupted", f"stopped by {cause} during step {self.step}"
         finally:
-            self.interruptible = False
             bar.close()
             if (
                 self.writer is not None

@@ -234,3 +234,37 @@ def test_sigterm_leaves_interrupted_valid_store(tmp_path):
     assert list(steps.step.values) == list(range(1, n + 1))
     assert np.all(np.isfinite(steps.loss.values))
     assert tree["epochs"].ds.sizes["epoch"] >= 1
+
+
+def test_a_flush_that_fails_half_way_keeps_its_rows(tmp_path):
+    """A write error after some arrays of a group were written (a full disk) must not lose
+    the rows: the next flush writes every array again from intact buffers."""
+    from dynalign.store import RunWriter
+
+    writer = RunWriter(tmp_path / "f.zarr", {}, {"fc1": (2, 3)}, False, (), probe_variables())
+
+    class FailsOnce:
+        def __init__(self, array):
+            self.array, self.failed = array, False
+
+        def __getattr__(self, name):
+            return getattr(self.array, name)
+
+        def __setitem__(self, key, value):
+            if not self.failed:
+                self.failed = True
+                raise OSError(28, "No space left on device")
+            self.array[key] = value
+
+    names = list(writer.steps.arrays)
+    last = names[-1]  # written after the others: they succeed, this one fails
+    writer.steps.arrays[last] = FailsOnce(writer.steps.arrays[last])
+    for step in (1, 2, 3):
+        writer.append_step({"step": step, "epoch": 1, "loss": 0.5 * step})
+    with pytest.raises(OSError):
+        writer.commit()
+    writer.commit()
+    writer.close("completed")
+    steps = open_run(tmp_path / "f.zarr")["steps"].ds
+    assert list(steps.step.values) == [1, 2, 3] and list(steps.epoch.values) == [1, 1, 1]
+    np.testing.assert_array_equal(steps.loss.values, [0.5, 1.0, 1.5])
