@@ -95,7 +95,18 @@ def run_point(store: str, config_json: str) -> dict[str, Any]:
         "steps": int(steps),
         "seconds": round(time.perf_counter() - clock, 3),
         "finished": now(),
+        "worker_memory_mb": _resident_mb(),
     }
+
+
+def _resident_mb() -> float | None:
+    """The worker's resident memory after the run: flat across runs, or something leaks."""
+    try:
+        import psutil  # a dependency of distributed
+
+        return round(psutil.Process().memory_info().rss / 2**20, 1)
+    except Exception:
+        return None
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -340,9 +351,11 @@ def _finish(run: dict[str, Any], result: dict[str, Any]) -> None:
     run["status"] = result.get("status", "failed")
     run["message"] = result.get("message", "")
     if result.get("ran", True):
-        for key in ("started", "finished", "seconds"):
+        for key in ("started", "finished", "seconds", "worker_memory_mb"):
             if result.get(key) is not None:
                 run[key] = result[key]
+        if result.get("pid") is not None:
+            run["worker_pid"] = result["pid"]
     if result.get("steps") is not None:
         run["steps"] = result["steps"]
 

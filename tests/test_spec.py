@@ -163,3 +163,43 @@ def test_sweep_refuses_a_bad_spec_before_anything_runs(tmp_path, case):
 def test_missing_spec_file(tmp_path):
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "none.toml")
+
+
+FINDING = """
+n_seeds = 2
+[finding]
+number = 1
+title = "FA is within 5 points of BP"
+claim = "FA's best validation accuracy is within 5 points of BP's"
+[[finding.criteria]]
+name = "comparable accuracy"
+metric = "{metric}"
+test = "within"
+a = "fa"
+b = "{b}"
+margin = 0.05
+[[arms]]
+name = "bp"
+"rule.name" = "bp"
+[[arms]]
+name = "fa"
+"rule.name" = "fa"
+"""
+
+
+@pytest.mark.parametrize(
+    "metric, b, expected",
+    [
+        ("best_val_acuracy", "bp", "did you mean 'best_val_accuracy'"),
+        ("best_val_accuracy", "pb", "'pb'"),
+    ],
+)
+def test_a_malformed_criterion_stops_the_sweep_before_any_run(tmp_path, metric, b, expected):
+    spec = tmp_path / "finding.toml"
+    spec.write_text(FINDING.format(metric=metric, b=b))
+    out = tmp_path / "study"
+    result = CliRunner().invoke(cli, ["sweep", str(spec), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: finding.toml: criteria[0] (comparable accuracy)")
+    assert expected in result.output and result.output.count("\n") == 1
+    assert not out.exists()

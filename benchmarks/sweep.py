@@ -1,0 +1,134 @@
+"""Sweep benchmark: 8 short runs on a 2-worker dask LocalCluster against the same 8 runs one after
+another in one process, measured side by side in one invocation.
+
+Prints the speed-up (target >= 1.7 on 2 cores), the scheduling overhead per run (target <= 1 s:
+the worker time a run costs beyond its own recording), the cluster's start-up, and each
+worker's resident memory after each of its runs (target: flat).
+
+    python benchmarks/sweep.py [--runs 8] [--workers 2] [--epochs 8] [--width 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+SPEC = """
+description = "sweep benchmark: one FA MLP on digits, one run per seed"
+n_seeds = {runs}
+[model]
+depth = 3
+width = {width}
+[train]
+epochs = {epochs}
+batch_size = 100
+[probes]
+every = 1
+"""
+
+
+def serial(spec, root: Path) -> tuple[float, list[float]]:
+    """Every run in this process, one after another, as `dynalign record` would."""
+    import torch
+
+    from dynalign.record import record
+
+    torch.set_num_threads(1)
+    times = []
+    began = time.perf_counter()
+    for point in spec.points:
+        t = time.perf_counter()
+        record(point.config, root / f"serial-{point.seed}.zarr", progress=False)
+        times.append(time.perf_counter() - t)
+    return time.perf_counter() - began, times
+
+
+def parallel(spec, root: Path, workers: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    from dynalign.sweep import run_study
+
+    began = time.perf_counter()
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        silence_logs=logging.ERROR,
+        dashboard_address=None,
+    )
+    client = Client(cluster)
+    client.run(lambda: __import__("dynalign.record"))  # import torch and dynalign once per worker
+    start = time.perf_counter() - began
+    try:
+        t = time.perf_counter()
+        run_study(spec, root / "study", client=client, progress=False)
+        wall = time.perf_counter() - t
+    finally:
+        client.close()
+        cluster.close()
+    manifest = json.loads((root / "study" / "study.json").read_text())
+    return {"start": start, "wall": wall, "runs": manifest["runs"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--width", type=int, default=256)
+    args = parser.parse_args()
+
+    from dynalign.spec import parse_spec
+
+    spec = parse_spec(SPEC.format(runs=args.runs, width=args.width, epochs=args.epochs))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        from dynalign.record import record  # warm: imports and the compiled probe sweep
+
+        record(spec.points[0].config, root / "warm.zarr", progress=False)
+        serial_wall, serial_times = serial(spec, root)
+        result = parallel(spec, root, args.workers)
+
+    runs = result["runs"]
+    busy = sum(r["seconds"] for r in runs)
+    overhead = (result["wall"] * args.workers - busy) / len(runs)
+    print(
+        f"{len(runs)} runs of {spec.points[0].config.train.epochs} epochs (3x{args.width} FA MLP,"
+        f" digits, every probe every step), {args.workers} workers"
+    )
+    print(
+        f"serial, one process:        {serial_wall:7.1f} s  ({serial_wall / len(runs):.2f} s/run)"
+    )
+    print(
+        f"sweep, {args.workers}-worker cluster:     {result['wall']:7.1f} s  "
+        f"(+{result['start']:.1f} s to start the cluster and import on the workers)"
+    )
+    print(f"speed-up:                   {serial_wall / result['wall']:7.2f}   (target >= 1.7)")
+    print(f"  with the cluster start:   {serial_wall / (result['wall'] + result['start']):7.2f}")
+    print(
+        f"run time in a worker:       {busy / len(runs):7.2f} s/run "
+        f"(serial {serial_wall / len(runs):.2f})"
+    )
+    print(
+        f"scheduling overhead:        {overhead:7.2f} s/run   (target <= 1 s: worker time "
+        "beyond the runs' own)"
+    )
+    by_worker: dict[int, list[float]] = {}
+    for run in sorted(runs, key=lambda r: r["finished"] or ""):
+        by_worker.setdefault(run.get("worker_pid", 0), []).append(
+            run.get("worker_memory_mb") or 0.0
+        )
+    for i, series in enumerate(by_worker.values()):
+        growth = series[-1] - series[0]
+        print(
+            f"worker {i + 1} resident MB after each run: "
+            f"{', '.join(f'{m:.0f}' for m in series)}  (first to last {growth:+.1f} MB)"
+        )
+
+
+if __name__ == "__main__":  # the cluster's worker processes import this file: only run once
+    main()
