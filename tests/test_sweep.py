@@ -82,7 +82,6 @@ def test_tiny_sweep_then_again_does_no_finished_run_again(tmp_path):
         tmp_path,
         "n_seeds = 2\n",
         """
-[train.x]
 [[arms]]
 name = "bp"
 "rule.name" = "bp"
@@ -96,7 +95,7 @@ name = "no-data"
 "data.name" = "mnist"
 "data.data_dir" = "missing-folder"
 "train.epochs" = 1
-""".replace("[train.x]\n", ""),
+""",
     )
     out = tmp_path / "study"
     code, output = sweep(spec, out)
@@ -247,3 +246,61 @@ def test_one_driver_per_study_and_a_changed_spec_is_refused(tmp_path):
             claim_study(spec, out)
     finally:
         held.release()
+
+
+def test_sweep_on_an_existing_scheduler_and_an_unreachable_one(tmp_path):
+    import logging
+
+    from distributed import LocalCluster
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text("n_seeds = 1\n" + TINY.replace("[train]\n", "[train]\nepochs = 1\n"))
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "sweep",
+                str(spec),
+                "--out",
+                str(tmp_path / "study"),
+                "--scheduler",
+                cluster.scheduler_address,
+                "--quiet",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [r["status"] for r in manifest(tmp_path / "study")["runs"]] == ["completed"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "sweep",
+            str(spec),
+            "--out",
+            str(tmp_path / "other"),
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
+    assert "dask scheduler" in error
