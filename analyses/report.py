@@ -15,10 +15,11 @@ import contextlib
 import html
 import io
 import os
+import re
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -184,16 +185,18 @@ def _run_section(out: _Writer, tree: xr.DataTree, index: int) -> None:
         _analysis_section(out, module, lambda m=module: m.analyze(tree), name)
 
 
-def _analysis_section(out: _Writer, module: ModuleType, run: Any, label: str) -> None:
-    """One analysis: its table and figures, or the reason it could not run."""
-    out.heading(3, f"{module.NAME}")
+def _analysis_section(
+    out: _Writer, module: ModuleType, run: Any, label: str, level: int = 3, draw: bool = True
+) -> None:
+    """One analysis: its table and figures (``draw``), or the reason it could not run."""
+    out.heading(level, f"{module.NAME}")
     try:
         result = run()
     except READ_ERRORS as err:  # AnalysisError included: the report goes on with the next
         out.paragraph(f"{module.NAME} could not analyse this: {describe_failure(err)}", css="error")
         return
     out.preformatted(module.table(result))
-    for plot_name, fig in figures(module, result):
+    for plot_name, fig in figures(module, result) if draw else ():
         out.figure(fig, f"{label}: {module.NAME} — {plot_name.removeprefix('plot_')}")
 
 
@@ -253,6 +256,32 @@ def write_report(
     runs = list(trees_or_paths)
     if not runs:
         raise AnalysisError("no runs to report on; pass one or more run stores")
+    title = "dynalign report"
+
+    def build(out: _Writer) -> None:
+        out.heading(1, title)
+        out.paragraph(f"{len(runs)} run{'s' if len(runs) != 1 else ''}; generated {now_iso()}")
+        show = progress and len(runs) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
+        trees = []
+        for i, run in enumerate(tqdm(runs, desc="report", unit="run", disable=not show)):
+            tree = open_tree(run)
+            trees.append(tree)
+            try:
+                _run_section(out, tree, i)
+            except AnalysisError as err:  # name the run: the report covers many
+                where = run_source(tree) or run_name(tree, default=f"run {i + 1}")
+                raise AnalysisError(f"{where}: {err}") from None
+        if len(trees) > 1:
+            out.heading(2, "Comparison", anchor="compare")
+            _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")
+            out.parts.insert(2, _contents(trees))  # after the title and the intro line
+
+    return _publish(out_html, pdf, title, build)
+
+
+def _publish(out_html: str | Path, pdf: bool, title: str, build: Callable[[_Writer], None]) -> Path:
+    """Check ``out_html``, let ``build`` fill a writer, then move the HTML (and PDF) into place
+    at once; on any failure remove the temporaries and the folders made for them."""
     out_html = check_out_path(out_html)
     created = [p for p in reversed(out_html.parents) if not p.exists()]
     out_html.parent.mkdir(parents=True, exist_ok=True)
@@ -262,24 +291,8 @@ def write_report(
         if pdf:
             temporaries.append(_temporary(out_html.with_suffix(".pdf")))
         out = _Writer(temporaries[1] if pdf else None)
-        title = "dynalign report"
         try:
-            out.heading(1, title)
-            out.paragraph(f"{len(runs)} run{'s' if len(runs) != 1 else ''}; generated {now_iso()}")
-            show = progress and len(runs) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
-            trees = []
-            for i, run in enumerate(tqdm(runs, desc="report", unit="run", disable=not show)):
-                tree = open_tree(run)
-                trees.append(tree)
-                try:
-                    _run_section(out, tree, i)
-                except AnalysisError as err:  # name the run: the report covers many
-                    where = run_source(tree) or run_name(tree, default=f"run {i + 1}")
-                    raise AnalysisError(f"{where}: {err}") from None
-            if len(trees) > 1:
-                out.heading(2, "Comparison", anchor="compare")
-                _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")
-                out.parts.insert(2, _contents(trees))  # after the title and the intro line
+            build(out)
         finally:
             out.close()
         temporaries[0].write_text(out.page(title), encoding="utf-8")
@@ -294,3 +307,192 @@ def write_report(
                 folder.rmdir()
         raise
     return out_html
+
+
+# ----------------------------------------------------------------------------- studies
+
+#: what a study report shows of each run: nothing, its analysis tables, or tables and figures
+RUN_DETAIL = ("none", "tables", "full")
+
+
+def write_study_report(
+    study_dir: str | Path,
+    out: str | Path,
+    pdf: bool = False,
+    progress: bool = True,
+    preamble: Any = None,
+    runs: str = "tables",
+) -> Path:
+    """The report of a study directory (or of every study of a reproduction directory).
+
+    Per study: what it is (description, finding and claim), its arms and the status of every
+    seed, the per-arm table (mean [95% CI] over seeds) and the learning curves with CI bands;
+    then a shorter section per run (``runs``: "tables" = its analysis tables, "full" = tables
+    and figures, "none"). ``preamble`` goes first, after the title: a callable given the
+    writer (``preamble(out)``, which adds blocks with ``out.heading``/``out.paragraph``/
+    ``out.raw``/``out.preformatted``/``out.figure``), HTML markup, or ``(markup, text)`` with
+    the plain text for the PDF -- e.g. a reproduction's findings table.
+    Written atomically like :func:`write_report`; a bad directory raises StoreError.
+    """
+    from dynalign import study_reader
+
+    if runs not in RUN_DETAIL:
+        raise AnalysisError(f"runs={runs!r} must be one of {', '.join(RUN_DETAIL)}")
+    study_dir = Path(study_dir)
+    if study_reader.is_reproduction(study_dir):
+        studies = study_reader.reproduction_studies(study_dir)
+        title = f"dynalign reproduction: {study_dir.resolve().name}"
+    else:
+        studies = [study_dir]
+        title = f"dynalign study: {study_reader.read_manifest(study_dir).get('name') or ''}"
+    manifests = [study_reader.read_manifest(s) for s in studies]  # bad ones fail before writing
+    check_out_path(out)
+
+    def build(w: _Writer) -> None:
+        w.heading(1, title)
+        count = f"{len(studies)} stud{'ies' if len(studies) != 1 else 'y'}; " if studies else ""
+        w.paragraph(f"{study_dir}: {count}generated {now_iso()}")
+        _preamble(w, preamble)
+        if len(studies) > 1:
+            w.raw(_study_contents(studies, manifests), "")
+        for path, manifest in zip(studies, manifests, strict=True):
+            _study_section(w, path, manifest, runs, progress)
+
+    return _publish(out, pdf, title, build)
+
+
+def _preamble(out: _Writer, preamble: Any) -> None:
+    if preamble is None:
+        return
+    if callable(preamble):
+        preamble(out)
+    elif isinstance(preamble, tuple):
+        out.raw(*preamble)
+    else:
+        text = html.unescape(re.sub(r"<[^>]+>", " ", str(preamble)))
+        out.raw(str(preamble), re.sub(r"[ \t]+", " ", text).strip())
+
+
+def study_anchor(path: Path) -> str:
+    """The id of a study's section: ``study-<directory name>`` (``study-finding-2``)."""
+    return f"study-{Path(path).name}"
+
+
+def _study_title(manifest: dict[str, Any], path: Path) -> str:
+    finding = manifest.get("finding")
+    name = str(manifest.get("name") or path.name)
+    if isinstance(finding, dict) and finding.get("title"):
+        return f"Finding {finding.get('number', '?')}: {finding['title']} ({name})"
+    return f"Study {name}"
+
+
+def _study_contents(studies: list[Path], manifests: list[dict[str, Any]]) -> str:
+    items = "".join(
+        f'<li><a href="#{html.escape(study_anchor(p))}">{html.escape(_study_title(m, p))}</a></li>'
+        for p, m in zip(studies, manifests, strict=True)
+    )
+    return f"<nav><ul>{items}</ul></nav>"
+
+
+def _study_section(
+    out: _Writer, path: Path, manifest: dict[str, Any], runs: str, progress: bool
+) -> None:
+    from dynalign import study_reader
+
+    from . import study as study_metrics
+
+    out.heading(2, _study_title(manifest, path), anchor=study_anchor(path))
+    if manifest.get("description"):
+        out.paragraph(str(manifest["description"]))
+    finding = manifest.get("finding")
+    if isinstance(finding, dict):
+        for key in ("claim", "evidence"):
+            if finding.get(key):
+                out.paragraph(f"{key.capitalize()}: {finding[key]}")
+    seeds = manifest.get("seeds", [])
+    grid = manifest.get("grid") or {}
+    rows = [
+        ("directory", str(path)),
+        ("spec", str(manifest.get("spec_path") or "")),
+        ("scale", str(manifest.get("scale") or "as in the spec")),
+        ("seeds", ", ".join(map(str, seeds))),
+        ("arms", str(len(manifest.get("arms", [])))),
+    ]
+    if grid:
+        values = {key: ", ".join(map(study_reader.label, vals)) for key, vals in grid.items()}
+        rows.append(("grid", "; ".join(f"{key}: {vals}" for key, vals in values.items())))
+    rows += [
+        ("dynalign", str(manifest.get("dynalign_version") or "?")),
+        ("updated", str(manifest.get("updated") or "?")),
+    ]
+    out.key_values(rows, ("study", ""))
+
+    summary = study_metrics.summarise(path, progress=progress and sys.stderr.isatty())
+    out.heading(3, "Arms and runs")
+    arm_rows = []
+    for i, arm in enumerate(manifest.get("arms", [])):
+        overrides = arm.get("overrides") or {}
+        what = ", ".join(f"{key}={value}" for key, value in overrides.items()) or "(base config)"
+        states = ", ".join(
+            f"seed {s}: {summary['status'].values[i, j]}"
+            for j, s in enumerate(summary["seed"].values)
+        )
+        arm_rows.append((arm["name"], f"{what} — {states}"))
+    out.key_values(arm_rows, ("arm", "overrides — runs"))
+    problems = [
+        f"{summary['arm'].values[i]} seed {summary['seed'].values[j]}: "
+        f"{summary['status'].values[i, j]} — {summary['message'].values[i, j]}"
+        for i in range(summary.sizes["arm"])
+        for j in range(summary.sizes["seed"])
+        if summary["message"].values[i, j]
+    ]
+    for line in problems:
+        out.paragraph(line, css="error")
+
+    out.heading(3, "Results per arm")
+    out.preformatted(study_metrics.table(summary))
+    tree = study_reader.open_study(path)
+    name = str(manifest.get("name") or path.name)
+    for caption, plot in (
+        ("accuracy per epoch", study_metrics.plot_accuracy),
+        ("loss", study_metrics.plot_loss),
+    ):
+        out.figure(plot(tree), f"{name}: {caption}, mean over seeds with 95% bootstrap CI")
+
+    if runs == "none":
+        return
+    out.heading(3, "Runs")
+    points = study_reader.study_runs(path)
+    show = progress and len(points) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
+    for arm, seed, store in tqdm(points, desc="report", unit="run", disable=not show):
+        _study_run_section(out, path, manifest, arm, seed, store, runs == "full")
+
+
+def _study_run_section(
+    out: _Writer,
+    path: Path,
+    manifest: dict[str, Any],
+    arm: str,
+    seed: int,
+    store: Path,
+    draw: bool,
+) -> None:
+    from dynalign import study_reader
+
+    entry = study_reader.run_entries(manifest)[(arm, seed)]
+    status, message, tree = study_reader.open_point(path, entry)
+    label = f"{arm}, seed {seed}"
+    out.heading(4, label)
+    out.raw(
+        f'<p>status: <b class="status-{html.escape(status)}">{html.escape(status)}</b>'
+        + (f" — {html.escape(message)}" if message else "")
+        + f"<br>store: {html.escape(str(store))}</p>",
+        f"status: {status}" + (f" — {message}" if message else "") + f"\nstore: {store}",
+    )
+    if tree is None:
+        return
+    modules = applicable(tree)
+    if not modules:
+        out.paragraph("No analysis applies to this run.")
+    for module in modules:
+        _analysis_section(out, module, lambda m=module: m.analyze(tree), label, level=5, draw=draw)

@@ -6,6 +6,7 @@ one-line ``Error: ...`` (exit code 2) instead of after minutes of work or with a
 
 from __future__ import annotations
 
+import html
 import inspect
 import json
 import math
@@ -285,7 +286,21 @@ def save_results(
     help="an analysis parameter, e.g. alignment.threshold=60 (repeatable)",
 )
 def analyze(stores, only, out, as_json, set_params) -> None:
-    """Analyse recorded run STORES: every analysis that applies, plus compare for several."""
+    """Analyse recorded run STORES: every analysis that applies, plus compare for several.
+
+    Given a study directory (or a reproduction directory): the per-arm mean [95% CI] over seeds
+    of the study's metrics; --out saves them as netCDF.
+    """
+    study = study_target(stores)
+    if study is not None:
+        if only or set_params:
+            raise InputError(
+                "--only and --set-param apply to run stores; a study is summarised with fixed "
+                "metrics (analyse one of its run stores to set parameters)"
+            )
+        check_out(out)
+        analyze_study(study, as_json, out)
+        return
     _check_only(only)
     params = parse_params(set_params)
     check_out(out)
@@ -352,14 +367,28 @@ def analyze(stores, only, out, as_json, set_params) -> None:
 )
 @click.option("--pdf", is_flag=True, help="also write the tables and figures to <out>.pdf")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def report(stores, out, pdf, quiet) -> None:
-    """Write one self-contained HTML report (and a PDF) for the run STORES."""
+@click.option(
+    "--runs",
+    type=click.Choice(["none", "tables", "full"]),
+    default=None,
+    help="study directories: what each run's section shows (default: tables)",
+)
+def report(stores, out, pdf, quiet, runs) -> None:
+    """Write one self-contained HTML report (and a PDF) for the run STORES, or for a study
+    directory (per-arm table and curves with CI bands, then a section per run)."""
     from analyses.report import check_out_path, write_report
 
     try:
         check_out_path(out)
     except AnalysisError as err:
         raise InputError(str(err)) from None
+    study = study_target(stores)
+    if study is not None:
+        path = report_study(study, out, pdf, quiet, runs)
+        click.echo(f"wrote {path}" + (f" and {path.with_suffix('.pdf')}" if pdf else ""))
+        return
+    if runs is not None:
+        raise InputError("--runs applies to study directories; drop it for run stores")
     trees = open_stores(stores)
     try:
         path = write_report(trees, out, pdf=pdf, progress=not quiet)
@@ -368,3 +397,268 @@ def report(stores, out, pdf, quiet) -> None:
     except OSError as err:
         raise InputError(f"cannot write the report {out}: {err.strerror or err}") from None
     click.echo(f"wrote {path}" + (f" and {path.with_suffix('.pdf')}" if pdf else ""))
+
+
+# ----------------------------------------------------------------------------- studies
+#
+# A single argument that is a study directory (it holds study.json) or a reproduction
+# directory (finding-<N>/study.json, findings.json) takes these branches of `inspect`,
+# `analyze` and `report`; run stores keep the behaviour above.
+
+
+def study_target(paths: tuple[str, ...]) -> str | None:
+    """The study or reproduction directory the command was given, None for run stores (and an
+    InputError for a study mixed with other paths)."""
+    from dynalign.study_reader import has_manifest, is_reproduction
+
+    studies = [p for p in paths if has_manifest(p) or is_reproduction(p)]
+    if not studies:
+        return None
+    if len(paths) > 1:
+        raise InputError(
+            f"{studies[0]} is a study directory; give one study directory, or only run stores"
+        )
+    return studies[0]
+
+
+def study_dirs(path: str) -> list[Path]:
+    """The study directories behind ``path``: itself, or a reproduction's finding-<N>."""
+    from dynalign.study_reader import has_manifest, reproduction_studies
+
+    return [Path(path)] if has_manifest(path) else reproduction_studies(path)
+
+
+def reproduction_preamble(path: str):
+    """What a reproduction report shows before its studies: the findings table from its
+    ``findings.json`` (as ``dynalign reproduce`` writes it), or a note why there is none."""
+    from analyses.reproduce import FINDINGS_FILE, findings_html, findings_table
+
+    file = Path(path) / FINDINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        verdicts = json.loads(file.read_text(encoding="utf-8"))
+        return (findings_html(verdicts), findings_table(verdicts))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        note = f"{file} could not be read ({type(err).__name__}: {err}); no findings table"
+        return (f'<p class="error">{html.escape(note)}</p>', note)
+
+
+def _run_counts(statuses: list[str]) -> str:
+    from dynalign.study_reader import FINISHED
+
+    done = sum(s in FINISHED for s in statuses)
+    parts = [f"{done}/{len(statuses)} done"]
+    for state in ("running", "pending", "interrupted", "failed", "missing", "unreadable"):
+        n = statuses.count(state)
+        if n:
+            parts.append(f"{n} {state}")
+    return ", ".join(parts)
+
+
+def study_info(path: Path, check: bool = False) -> dict[str, Any]:
+    """What `inspect` shows of a study: the manifest's description, every run's state (from its
+    store), store problems, and the per-arm mean [CI] of every metric."""
+    from analyses import study as study_metrics
+    from dynalign import study_reader
+
+    manifest = study_reader.read_manifest(path)
+    arms = []
+    problems: dict[str, list[str]] = {}
+    entries = study_reader.run_entries(manifest)
+    for arm in manifest["arms"]:
+        runs = []
+        for seed in manifest["seeds"]:
+            entry = entries[(arm["name"], int(seed))]
+            status, message, tree = study_reader.open_point(path, entry)
+            store = path / entry["store"]
+            run = {"seed": int(seed), "status": status, "message": message, "store": str(store)}
+            if tree is not None:
+                run["steps"] = int(tree["steps"].sizes.get("step", 0)) if "steps" in tree else 0
+                run["epochs"] = int(tree["epochs"].sizes.get("epoch", 0)) if "epochs" in tree else 0
+                try:
+                    found = check_store(store, decode=check)
+                except StoreError as err:
+                    found = [str(err)]
+                if found:
+                    problems[str(store)] = found
+            runs.append(run)
+        arms.append(
+            {
+                "name": arm["name"],
+                "overrides": arm.get("overrides") or {},
+                "counts": _run_counts([r["status"] for r in runs]),
+                "runs": runs,
+            }
+        )
+    summary = study_metrics.summarise(path)
+    grouped = study_metrics.arm_table(summary)
+    statuses = [r["status"] for a in arms for r in a["runs"]]
+    return {
+        "path": str(path),
+        "kind": "study",
+        "name": manifest.get("name"),
+        "description": manifest.get("description") or "",
+        "finding": manifest.get("finding"),
+        "scale": manifest.get("scale"),
+        "seeds": manifest["seeds"],
+        "grid": manifest.get("grid"),
+        "dims": manifest.get("dims") or {},
+        "runs": {s: statuses.count(s) for s in dict.fromkeys(statuses)},
+        "arms": arms,
+        "problems": problems,
+        "decoded": check,
+        "summary": study_metrics.arm_values(grouped),
+        "_table": study_metrics.table(grouped),
+    }
+
+
+def print_study(info: dict[str, Any]) -> None:
+    click.echo(f"study {info['name']}  ({info['path']})")
+    if info["description"]:
+        click.echo(f"  description: {info['description']}")
+    finding = info["finding"]
+    if isinstance(finding, dict):
+        click.echo(f"  finding {finding.get('number', '?')}:   {finding.get('title', '')}")
+        if finding.get("claim"):
+            click.echo(f"  claim:       {finding['claim']}")
+    if info["scale"]:
+        click.echo(f"  scale:       {info['scale']}")
+    click.echo(f"  seeds:       {', '.join(map(str, info['seeds']))}")
+    if info["grid"]:
+        from dynalign.study_reader import label
+
+        keys = [
+            f"{k} ({info['dims'].get(k, k)}): {', '.join(map(label, v))}"
+            for k, v in info["grid"].items()
+        ]
+        click.echo(f"  grid:        {'; '.join(keys)}")
+    total = sum(info["runs"].values())
+    counts = ", ".join(f"{n} {s}" for s, n in info["runs"].items())
+    click.echo(f"  runs:        {total}: {counts}")
+    width = max((len(a["name"]) for a in info["arms"]), default=0)
+    for arm in info["arms"]:
+        seeds = ", ".join(
+            f"{r['seed']} {r['status']}" + (f" ({r['steps']} steps)" if r.get("steps") else "")
+            for r in arm["runs"]
+        )
+        click.echo(f"  {arm['name'].ljust(width)}  {arm['counts']}; seeds: {seeds}")
+        for r in arm["runs"]:
+            if r["message"]:
+                click.echo(f"    seed {r['seed']} {r['status']}: {r['message']}")
+    for store, found in info["problems"].items():
+        for problem in found:
+            click.echo(f"  damaged:     {store}: {problem}")
+    if not info["problems"]:
+        done = "present and decoded" if info["decoded"] else "present"
+        click.echo(f"  check:       every array and chunk of every store {done}")
+    click.echo()
+    click.echo(info["_table"])
+
+
+def inspect_study(path: str, as_json: bool, check: bool) -> int:
+    """`dynalign inspect` of a study or reproduction directory; returns the exit code."""
+    try:
+        infos = [study_info(d, check) for d in study_dirs(path)]
+    except StoreError as err:
+        raise InputError(str(err)) from None
+    if as_json:
+        public = [{k: v for k, v in i.items() if not k.startswith("_")} for i in infos]
+        body = public[0] if len(public) == 1 and Path(path) == Path(public[0]["path"]) else None
+        if body is None:
+            body = {"path": str(path), "kind": "reproduction", "studies": public}
+        click.echo(json.dumps(_json_safe(body), indent=2, default=str, allow_nan=False))
+    else:
+        for k, info in enumerate(infos):
+            if k:
+                click.echo()
+            print_study(info)
+    return 1 if check and any(i["problems"] for i in infos) else 0
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _study_out(out: str, name: str, several: bool) -> Path:
+    if out.endswith(".nc"):
+        return Path(out[: -len(".nc")] + f"_{name}.nc") if several else Path(out)
+    return Path(out) / f"{name}_study.nc"
+
+
+def analyze_study(path: str, as_json: bool, out: str | None) -> None:
+    """`dynalign analyze` of a study (or each study of a reproduction): the per-arm table, or
+    the per-arm mean, CI and n of every metric as JSON; ``--out`` saves the (arm, seed) summary
+    as netCDF with the per-arm table in its group ``arms``."""
+    from analyses import study as study_metrics
+
+    dirs = study_dirs(path)
+    results = []
+    try:
+        for d in dirs:
+            summary = study_metrics.summarise(d)
+            results.append((d, summary, study_metrics.arm_table(summary)))
+    except StoreError as err:
+        raise InputError(str(err)) from None
+    if as_json:
+        studies = [
+            {
+                "study": str(d),
+                "name": summary.attrs.get("name", ""),
+                "status": {
+                    str(a): {
+                        str(s): str(summary["status"].values[i, j])
+                        for j, s in enumerate(summary["seed"].values)
+                    }
+                    for i, a in enumerate(summary["arm"].values)
+                },
+                "arms": study_metrics.arm_values(grouped),
+            }
+            for d, summary, grouped in results
+        ]
+        body = studies[0] if len(dirs) == 1 and dirs[0] == Path(path) else {"studies": studies}
+        click.echo(json.dumps(_json_safe(body), indent=2, allow_nan=False))
+    else:
+        for k, (d, _, grouped) in enumerate(results):
+            if k:
+                click.echo()
+            click.echo(f"== {d} ==")
+            click.echo(study_metrics.table(grouped))
+    if out:
+        written = []
+        try:
+            for d, summary, grouped in results:
+                several = len(dirs) > 1  # a reproduction: one file per finding-<N>
+                name = d.name if several else str(summary.attrs.get("name") or d.name)
+                target = _study_out(out, name, several)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                netcdf_ready(summary).to_netcdf(target, engine="h5netcdf")
+                netcdf_ready(grouped).to_netcdf(target, mode="a", group="arms", engine="h5netcdf")
+                written.append(target)
+        except OSError as err:
+            raise InputError(
+                f"--out {out}: cannot write the summary: {err.strerror or err}"
+            ) from None
+        files = ", ".join(map(str, written))
+        click.echo(f"saved {len(written)} summary file(s): {files}", err=True)
+
+
+def report_study(path: str, out: str, pdf: bool, quiet: bool, runs: str | None) -> Path:
+    from analyses.report import write_study_report
+    from dynalign.study_reader import is_reproduction
+
+    preamble = reproduction_preamble(path) if is_reproduction(path) else None
+    try:
+        return write_study_report(
+            path, out, pdf=pdf, progress=not quiet, preamble=preamble, runs=runs or "tables"
+        )
+    except (StoreError, AnalysisError) as err:
+        raise InputError(str(err)) from None
+    except OSError as err:
+        raise InputError(f"cannot write the report {out}: {err.strerror or err}") from None

@@ -136,8 +136,14 @@ def _summary_line(status: str, steps: int, final: dict, message: str = "") -> st
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--check", is_flag=True, help="read every chunk and list what is missing or damaged")
 def inspect(store, as_json, check) -> None:
-    """Print a store's status, config, steps, layers and final metrics."""
+    """Print a store's status, config, steps, layers and final metrics (for a study directory:
+    every arm's runs and the per-arm mean [CI] table)."""
     from dynalign.reader import check_store, open_run, writer_note
+
+    from .analyze import inspect_study, study_target
+
+    if study_target((store,)) is not None:
+        sys.exit(inspect_study(store, as_json, check))
 
     try:
         tree = open_run(store)
