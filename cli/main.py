@@ -247,9 +247,12 @@ def presets() -> None:
 
 def _register_analysis_commands() -> None:
     from .analyze import analyze, report
+    from .study import reproduce, sweep
 
     cli.add_command(analyze)
     cli.add_command(report)
+    cli.add_command(sweep)
+    cli.add_command(reproduce)
 
 
 _register_analysis_commands()

@@ -9,6 +9,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 from .reader import open_run  # noqa: E402
 from .spec import load_spec  # noqa: E402
+from .study_reader import open_study  # noqa: E402
 
 
 def run_study(spec, out, **kwargs):
@@ -18,4 +19,4 @@ def run_study(spec, out, **kwargs):
     return run(load_spec(spec) if not hasattr(spec, "points") else spec, out, **kwargs)
 
 
-__all__ = ["__version__", "load_spec", "open_run", "run_study"]
+__all__ = ["__version__", "load_spec", "open_run", "open_study", "run_study"]
