@@ -336,9 +336,11 @@ def _execute(claimed, todo, client, total, progress, echo) -> None:
                 line.show(claimed, _running(client, owner))
     except KeyboardInterrupt:
         client.cancel([f for _, _, f in owner.values()])
-        for _study, run, _ in owner.values():
-            run["status"] = "interrupted"
-            run["message"] = "the sweep was stopped; run it again to continue"
+        for study, run, _ in owner.values():
+            store = study.directory / run["store"]
+            started = store.is_dir() and any(store.iterdir())
+            run["status"] = "interrupted" if started else "pending"
+            run["message"] = "the sweep was stopped; run it again to continue" if started else ""
         for study in claimed:
             study.save()
         line.done()
