@@ -606,6 +606,10 @@ def _binned(x: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.ndarray, n
     return xs, vs
 
 
+#: curves this short are drawn with markers and CI bars (a band over one epoch is invisible)
+FEW_POINTS = 12
+
+
 def plot_curves(
     study: xr.DataTree | str | Path,
     curve: str | Sequence[str] = "val_accuracy",
@@ -652,9 +656,12 @@ def plot_curves(
                 low, high = bootstrap_ci_columns(block, n_boot, level, seed)
                 n = int(finite.any(axis=1).sum())
                 color = f"C{a % 10}"
-                ax.plot(xs, mean, color=color, label=f"{lab} (n={n})")
+                marker = "o" if len(xs) <= FEW_POINTS else None  # one epoch is a point, not a line
+                ax.plot(xs, mean, color=color, marker=marker, label=f"{lab} (n={n})")
                 if np.isfinite(low).any():
                     ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
+                    if len(xs) <= FEW_POINTS:  # a band needs two points; show the CI as bars
+                        ax.errorbar(xs, mean, [mean - low, high - mean], color=color, fmt="none")
                 drawn += 1
         if drawn:
             ax.legend(fontsize="small")
