@@ -191,21 +191,52 @@ def findings_table(findings: list[dict[str, Any]]) -> str:
 
 
 def findings_html(findings: list[dict[str, Any]], anchor=lambda f: f"study-{f['study']}") -> str:
-    """The findings table for the report: one row per finding, links to its section."""
+    """The findings table for the report: per finding its claim and verdict, then one row per
+    criterion (what was measured, the mean effect with its 95% CI and n, that criterion's
+    verdict), and a link to the finding's section with its figures."""
+    from analyses.verdict import format_effect
+
     esc = html.escape
     rows = []
     for f in findings:
-        colour = VERDICT_COLOURS.get(f["verdict"], "#444")
-        effects = "<br>".join(esc(line) for line in _effects(f))
         runs = ", ".join(f"{n} {s}" for s, n in f["runs"].items())
-        rows.append(
-            f"<tr><td>{f['number']}</td><td><b>{esc(f['title'])}</b><br>{esc(f['claim'])}</td>"
-            f"<td style='font-size:90%'>{effects}</td>"
-            f"<td style='color:{colour};font-weight:bold'>{esc(f['verdict'])}</td>"
-            f"<td>{esc(runs)}<br><a href='#{esc(anchor(f))}'>figures</a></td></tr>"
-        )
-    return (
-        "<table class='findings'><thead><tr><th>#</th><th>finding and claim</th>"
-        "<th>measured (mean effect [95% CI], n seeds) and criterion verdict</th>"
-        "<th>verdict</th><th>runs</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        criteria = f["criteria"] or [None]
+        for i, r in enumerate(criteria):
+            cells = ""
+            if i == 0:
+                span = f" rowspan='{len(criteria)}'"
+                cells += (
+                    f"<td{span}>{f['number']}</td><td{span}><b>{esc(f['title'])}</b>"
+                    f"<div class='claim'>{esc(f['claim'])}</div></td>"
+                    f"<td{span}>{_verdict_html(f['verdict'], bold=True)}<div class='runs'>"
+                    f"{esc(runs)}<br><a href='#{esc(anchor(f))}'>figures and runs</a></div></td>"
+                )
+            if r is None:
+                cells += "<td colspan='4'>no criteria</td>"
+            else:
+                shown = {k: (math.nan if v is None else v) for k, v in r.items()}
+                cells += (
+                    f"<td>{esc(r['name'])}</td><td class='num'>{esc(format_effect(shown))}</td>"
+                    f"<td class='num'>{r.get('n')}</td><td>{_verdict_html(r['verdict'])}</td>"
+                )
+            rows.append(f"<tr class='{'first' if i == 0 else 'more'}'>{cells}</tr>")
+    style = (
+        "<style>table.findings{border-collapse:collapse;width:100%;font-size:90%}"
+        "table.findings td,table.findings th{border:1px solid #ccc;padding:3px 6px;"
+        "vertical-align:top;text-align:left}table.findings tr.first td{border-top:2px solid #555}"
+        "table.findings .claim{font-size:90%;color:#444;margin-top:3px}"
+        "table.findings .runs{font-size:85%;color:#444;margin-top:4px}"
+        "table.findings td.num{white-space:nowrap;font-family:monospace}</style>"
     )
+    return (
+        style + "<table class='findings'><thead><tr><th>#</th><th style='width:34%'>finding and "
+        "claim</th><th>verdict</th><th>criterion, fixed before the runs</th>"
+        "<th>measured: mean effect [95% CI]</th><th>n</th><th>criterion verdict</th></tr>"
+        "</thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _verdict_html(verdict: str, bold: bool = False) -> str:
+    colour = VERDICT_COLOURS.get(verdict, "#444")
+    weight = "bold" if bold else "normal"
+    return f"<span style='color:{colour};font-weight:{weight}'>{html.escape(verdict)}</span>"

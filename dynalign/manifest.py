@@ -15,16 +15,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, study_reader
 from .spec import SpecError, StudySpec
-from .store import StoreError
+from .store import FINISHED
+from .study_reader import FORMAT, KIND, MANIFEST
 
-MANIFEST = "study.json"
-KIND = "dynalign-study"
-FORMAT = 1
-#: statuses a run may have in the manifest; the last four are the run store's own
-STATUSES = ("pending", "running", "completed", "diverged", "failed", "interrupted")
-FINISHED = ("completed", "diverged")
+__all__ = ["FINISHED", "merge", "new_manifest", "now", "read_manifest", "write_manifest"]
 
 
 def now() -> str:
@@ -32,19 +28,10 @@ def now() -> str:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any] | None:
-    """The manifest of the study in ``directory``; None when there is none yet."""
-    path = Path(directory) / MANIFEST
-    if not path.exists():
+    """The checked manifest of the study in ``directory``; None when there is none yet."""
+    if not (Path(directory) / MANIFEST).exists():
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(
-            f"{path} cannot be read as a study manifest ({err}); restore it or choose another --out"
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise StoreError(f"{path} is not a dynalign study manifest; choose another --out")
-    return manifest
+    return study_reader.read_manifest(directory)
 
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:

@@ -34,6 +34,8 @@ from .writer_lock import LockHeld, WriterLock, describe_writer, writer_identity
 
 SCHEMA_VERSION = 2
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+#: statuses a run ends in for good: `--resume` refuses them
+FINISHED = ("completed", "diverged")
 #: groups whose arrays grow along their first dimension, and the key of their committed length
 APPENDED = {
     "steps": "step",
@@ -530,8 +532,13 @@ class RunWriter:
             if self._io is not None:
                 self._io.shutdown()
                 self._io = None
+        finished = status in FINISHED and error is None
         try:
-            self.commit(status=status, message=message, **attrs)
+            # a finished run is never resumed: its checkpoint goes (a 3x512 MLP's is 15 MB)
+            dropped = {"checkpoint": None} if finished else {}
+            self.commit(status=status, message=message, **attrs, **dropped)
+            if finished:
+                shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         except OSError as err:  # disk full: the last commit still stands, and says so
             error = error or StoreError(
                 f"writing to {self.path} failed ({err.strerror or err}); the store keeps every "

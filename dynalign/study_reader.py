@@ -25,7 +25,7 @@ import pandas as pd
 import xarray as xr
 
 from .config import flatten
-from .store import StoreError
+from .store import FINISHED, StoreError
 
 MANIFEST = "study.json"
 KIND = "dynalign-study"
@@ -35,8 +35,6 @@ FINDINGS = "findings.json"
 MISSING = "missing"
 #: a store that exists but cannot be opened
 UNREADABLE = "unreadable"
-#: statuses of a run that has ended
-FINISHED = ("completed", "diverged")
 #: keys that differ between the runs of one arm, never between arms
 SEED_KEYS = ("train.seed",)
 GROUPS = ("steps", "epochs")

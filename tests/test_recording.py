@@ -16,7 +16,7 @@ import zarr
 
 import dynalign
 from dynalign.probes import probe_variables
-from dynalign.reader import open_run
+from dynalign.reader import check_store, open_run
 from dynalign.record import prepare, record
 from dynalign.store import EPOCH_VARIABLES, STEP_SCALARS, StoreError
 
@@ -57,6 +57,9 @@ def test_store_schema(tmp_path, tiny_config):
     group = zarr.open_group(str(tmp_path / "run.zarr"), mode="r")
     assert group["steps/update_angle"].metadata.dimension_names == ("step", "layer")
     np.testing.assert_array_equal(group["steps/loss"][:], steps.loss.values)
+    # a finished run is never resumed: its checkpoints are gone, and nothing points at them
+    assert "checkpoint" not in dict(group.groups()) and attrs["checkpoint"] is None
+    assert check_store(tmp_path / "run.zarr", decode=True) == []
 
 
 def test_probe_values_fa(tmp_path, tiny_config):
@@ -147,6 +150,7 @@ def test_divergence_ends_cleanly(tmp_path, tiny_config):
     loss = tree["steps"].ds.loss.values
     assert len(loss) >= 1 and not np.isfinite(loss[-1])
     assert tree["snapshots/fc1"].ds.sizes["snapshot"] >= 2  # initial and at divergence
+    assert not (tmp_path / "d.zarr" / "checkpoint").exists()  # resume refuses it anyway
 
 
 def test_a_failed_snapshot_write_fails_the_run_with_a_readable_store(
