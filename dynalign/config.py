@@ -88,7 +88,8 @@ class ProbeConfig:
     snapshot_every: int = 100  # W and B snapshots every k steps, plus first and last (0: off)
     reconstruction_every: int = 100  # autoencoders: probe reconstructions every k steps
     n_probe_inputs: int = 16
-    checkpoint_every: int | None = None  # steps between checkpoints; None: each epoch, 0: off
+    checkpoint_every: int | None = None  # steps between checkpoints; None: at epoch ends, 0: off
+    checkpoint_seconds: float = 30.0  # epoch-end checkpoints at most this often (0: every epoch)
 
 
 @dataclass
@@ -146,6 +147,7 @@ NON_NEGATIVE = {
     "probes.snapshot_every",
     "probes.reconstruction_every",
     "probes.checkpoint_every",
+    "probes.checkpoint_seconds",
 }
 #: the smallest value some keys allow (a classification needs two classes)
 MINIMUM = {"data.n_classes": 2}

@@ -8,6 +8,7 @@ compared on exactly the same graph. Other steps do a single ordinary backward pa
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,7 @@ class Trainer:
         self.order: torch.Tensor | None = None  # the current epoch's sample order
         self.final: dict[str, float] = {}  # the last epoch's metrics
         self._resumed = False
+        self._last_checkpoint = time.monotonic()
         self._before: list[torch.Tensor] | None = None
         self.stop_requested: str | None = None  # set by a signal handler: stop after this step
         # true only while a step computes: a second signal may cut that short, never a write
@@ -258,6 +260,16 @@ class Trainer:
             "final": self.final,
         }
         checkpoint.save(self.writer, arrays, counters)
+        self._last_checkpoint = time.monotonic()
+
+    def _checkpoint_due(self) -> bool:
+        """At an epoch's end (checkpoint_every unset): once checkpoint_seconds have passed.
+
+        A checkpoint costs a few hundred ms of writing and fsync; short epochs (13 steps of the
+        embedded digits) would spend most of a run on them, and a kill loses at most this long.
+        """
+        seconds = self.config.probes.checkpoint_seconds
+        return seconds == 0 or time.monotonic() - self._last_checkpoint >= seconds
 
     def restore(self, arrays: dict[str, np.ndarray], counters: dict) -> None:
         """Continue from a checkpoint (see ``checkpoint``): the next step is the one it saw."""
@@ -314,7 +326,7 @@ class Trainer:
                             refresh=False,
                         )
                 self._end_epoch()
-                if per_epoch:
+                if per_epoch and self._checkpoint_due():
                     self.checkpoint(epoch_done=True)
                 elif self.writer is not None:
                     self.writer.commit()

@@ -45,6 +45,7 @@ BASE = (
     "train.epochs=5",
     "train.threads=1",
     "probes.snapshot_every=5",
+    "probes.checkpoint_seconds=0",  # a checkpoint at every epoch's end
 )
 TOTAL_STEPS = 60
 CONFIGS = {
@@ -79,6 +80,7 @@ DEEP = (
     "model.depth=8",
     "train.epochs=6",
     "train.threads=1",
+    "probes.checkpoint_seconds=0",
 )
 #: one-epoch runs for the CLI checks that need a store, not a run
 SMALL = ["--depth", "1", "--width", "8", "--epochs", "1", "--set", "data.n_train=100"]
@@ -661,19 +663,26 @@ def test_overwrite_replaces_a_finished_and_a_killed_store(tmp_path):
 
 # ----------------------------------------------------------------------------- 6. disk full
 
-SHORT = ("data.n_train=600", "train.batch_size=50", "train.epochs=3", "train.threads=1")
+SHORT = (
+    "data.n_train=600",
+    "train.batch_size=50",
+    "train.epochs=3",
+    "train.threads=1",
+    "probes.checkpoint_seconds=0",
+)
 WIDE = ("model.width=256", *SHORT)
 #: a limit on the size of any one file -> (config, the write that fails first, the status it
 #: leaves). Sizes: the root metadata about 2 kB at creation, 3 kB with the list of arrays, 5.5
-#: kB with a checkpoint's (DEEP); a 256x256 snapshot 256 kB; a checkpoint's generator states
-#: 5 kB; DEEP's largest steps chunk outgrows 6 kB in epoch 6 of 6.
+#: kB with a checkpoint's (DEEP: 5,516-5,517 bytes in epochs 1-3, 5,523 from epoch 4 on); a
+#: 256x256 snapshot 256 kB; a checkpoint's generator states 5 kB; DEEP's largest steps chunk
+#: outgrows 6 kB in epoch 6 of 6.
 DISK_FULL = {
     "store-creation": (WIDE, 1_000, None),
     "first-commit": (WIDE, 2_400, "running"),
     "first-snapshot": (WIDE, 100_000, "failed"),
     "first-checkpoint": (("model.width=16", *SHORT), 4_600, "failed"),
     "steps-chunk-in-epoch-6": (DEEP, 6_000, "failed"),
-    "status-write-in-epoch-6": (DEEP, 5_500, "running"),
+    "metadata-write-in-epoch-4": (DEEP, 5_520, "running"),
 }
 
 
@@ -738,12 +747,12 @@ def test_file_size_limit_fails_cleanly_and_resumes(disk_full_runs, reference):
 
 @pytest.mark.slow
 def test_file_size_limit_more_writes(tmp_path, reference):
-    cases = ("store-creation", "first-checkpoint", "status-write-in-epoch-6", "first-snapshot")
+    cases = ("store-creation", "first-checkpoint", "metadata-write-in-epoch-4", "first-snapshot")
     committed = check_out_of_space(out_of_space(tmp_path, cases))
     assert "checkpoint" not in open_run(tmp_path / "first-checkpoint.zarr").attrs
     assert committed["first-checkpoint"]["steps"] == 12
-    assert committed["status-write-in-epoch-6"]["steps"] >= 60
-    for case in ("status-write-in-epoch-6", "first-snapshot"):
+    assert committed["metadata-write-in-epoch-4"]["steps"] == 90  # epochs 1-3 committed
+    for case in ("metadata-write-in-epoch-4", "first-snapshot"):
         name = "deep" if "epoch" in case else "wide"
         finish_and_compare(tmp_path / f"{case}.zarr", reference(name, DISK_FULL[case][0]))
 

@@ -160,6 +160,7 @@ LONG = """
 epochs = 40
 [probes]
 snapshot_every = 20
+checkpoint_seconds = 0
 [[arms]]
 name = "bp"
 "rule.name" = "bp"
