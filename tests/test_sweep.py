@@ -60,6 +60,9 @@ def sweep(spec: Path, out: Path, *extra: str, wait: bool = True):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # a shell's background job ignores SIGINT, and children inherit that: undo it, so that
+        # Ctrl-C reaches the sweep however the suite was started
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     if not wait:
         return proc
