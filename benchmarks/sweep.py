@@ -1,8 +1,9 @@
 """Sweep benchmark: 8 short runs on a 2-worker dask LocalCluster against the same 8 runs one after
 another in one process, measured side by side in one invocation.
 
-Prints the speed-up (target >= 1.7 on 2 cores), the scheduling overhead per run (target <= 1 s:
-the worker time a run costs beyond its own recording), the cluster's start-up, and each
+Prints the speed-up (target >= 1.7 on 2 cores) beside the speed-up of the same runs on plain
+processes without dask (the machine's own ceiling), the scheduling overhead per run (target
+<= 1 s: the worker time a run costs beyond its own recording), the cluster's start-up, and each
 worker's resident memory after each of its runs (target: flat).
 
     python benchmarks/sweep.py [--runs 8] [--workers 2] [--epochs 24] [--width 256]
@@ -59,6 +60,31 @@ def _warm_up(config_json: str, pattern: str) -> None:
     record(from_json(config_json), pattern.format(os.getpid()), progress=False)
 
 
+def _record_one(config_json: str, store: str) -> None:
+    from dynalign.config import from_json
+    from dynalign.record import record
+
+    record(from_json(config_json), store, progress=False)
+
+
+def plain_processes(spec, root: Path, workers: int) -> float:
+    """The same runs on ``workers`` plain processes, no dask: what the machine itself allows
+    when its cores run at once (shared caches, memory bandwidth, disk), the ceiling of any
+    scheduler's speed-up here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    warm = str(root / "plain-warm-{}.zarr")
+    first = spec.points[0].config_json
+    with ProcessPoolExecutor(workers, context, initializer=_warm_up, initargs=(first, warm)) as ex:
+        list(ex.map(_record_one, [first] * workers, [warm.format(f"x{i}") for i in range(workers)]))
+        t = time.perf_counter()
+        stores = [str(root / f"plain-{p.seed}.zarr") for p in spec.points]
+        list(ex.map(_record_one, [p.config_json for p in spec.points], stores))
+        return time.perf_counter() - t
+
+
 def parallel(spec, root: Path, workers: int) -> dict:
     from dynalign.sweep import run_study, start_client
 
@@ -96,6 +122,7 @@ def main() -> None:
         record(spec.points[0].config, root / "warm.zarr", progress=False)
         serial_wall, serial_times = serial(spec, root)
         result = parallel(spec, root, args.workers)
+        plain = plain_processes(spec, root, args.workers)
 
     runs = result["runs"]
     busy = sum(r["seconds"] for r in runs)
@@ -113,6 +140,10 @@ def main() -> None:
     )
     print(f"speed-up:                   {serial_wall / result['wall']:7.2f}   (target >= 1.7)")
     print(f"  with the cluster start:   {serial_wall / (result['wall'] + result['start']):7.2f}")
+    print(
+        f"  {args.workers} plain processes, no dask: {serial_wall / plain:5.2f}   (this machine's "
+        "ceiling for any scheduler)"
+    )
     print(
         f"run time in a worker:       {busy / len(runs):7.2f} s/run "
         f"(serial {serial_wall / len(runs):.2f})"

@@ -290,7 +290,7 @@ def _run_claimed(claimed, client, workers, scheduler, progress, echo) -> list[St
 
 def _submit(client, study: StudyRun, run: dict[str, Any]):
     run["attempts"] = int(run.get("attempts") or 0) + 1
-    run["status"] = "running"
+    # its status stays as it was until the task ends: only the store knows when it starts
     key = f"dynalign-run-{run['arm']}-seed{run['seed']}-{uuid.uuid4().hex[:8]}"
     store = str((study.directory / run["store"]).resolve())
     return client.submit(run_point, store, run["config"], key=key, pure=False, retries=0)
