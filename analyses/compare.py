@@ -332,7 +332,8 @@ def arms(
 # ---------------------------------------------------------------------------- output
 
 
-def _ci(mean: float, low: float, high: float, scale: float, digits: int) -> str:
+def ci_cell(mean: float, low: float, high: float, scale: float, digits: int) -> str:
+    """A table cell: ``mean [low, high]`` scaled (e.g. fractions as %), "-" without a mean."""
     if not np.isfinite(mean):
         return "-"
     text = f"{mean * scale:.{digits}f}"
@@ -367,7 +368,7 @@ def table(result: xr.Dataset, by: Sequence[str] | str | None = None) -> str:
         cells.append(str(int(g["n_runs"])))
         for var, _, scale, digits in columns:
             stats = (float(g[f"{var}_{part}"]) for part in ("mean", "low", "high"))
-            cells.append(_ci(*stats, scale, digits))
+            cells.append(ci_cell(*stats, scale, digits))
         rows.append(cells)
     lines = [f"compare — {result.sizes['run']} runs, {grouped.sizes['arm']} arms"]
     lines += format_table(head, rows, left=max(len(keys), 1))

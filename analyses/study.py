@@ -28,6 +28,7 @@ from analyses import READ_ERRORS, open_tree
 from analyses import autoencoder as autoencoder_analysis
 from analyses import unlearning as unlearning_analysis
 from analyses.alignment import hidden_update_plateau
+from analyses.compare import ci_cell
 from analyses.smoothing import (
     AnalysisError,
     bootstrap_ci_columns,
@@ -514,15 +515,6 @@ def arm_values(table_ds: xr.Dataset) -> dict[str, dict[str, dict[str, float | No
     return out
 
 
-def _cell(mean: float, low: float, high: float, scale: float, digits: int) -> str:
-    if not np.isfinite(mean):
-        return "-"
-    text = f"{mean * scale:.{digits}f}"
-    if np.isfinite(low) and np.isfinite(high):
-        text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
-    return text
-
-
 def table(
     summary: xr.Dataset, metrics: Sequence[str] | None = None, n_boot: int = 2000, **kw: Any
 ) -> str:
@@ -557,7 +549,7 @@ def table(
             cells.append(f"{int(grouped['done'].values[i])}/{int(grouped['seeds'].values[i])}")
         for j, (_, _, scale, digits) in columns:
             stats = (float(grouped[s].values[i, j]) for s in ("mean", "ci_low", "ci_high"))
-            cells.append(_cell(*stats, scale, digits))
+            cells.append(ci_cell(*stats, scale, digits))
         rows.append(cells)
     name = grouped.attrs.get("name") or "study"
     lines = [f"{name} — {grouped.sizes['arm']} arms"]

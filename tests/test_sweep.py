@@ -158,9 +158,10 @@ def running_store(out: Path, min_epochs: int):
     return None
 
 
-LONG = """
-[train]
-epochs = 40
+LONG = (
+    "n_seeds = 1\n"
+    + TINY.replace("[train]\n", "[train]\nepochs = 40\n")
+    + """
 [probes]
 snapshot_every = 20
 checkpoint_seconds = 0
@@ -171,15 +172,12 @@ name = "bp"
 name = "fa"
 "rule.name" = "fa"
 """
+)
 
 
 def test_a_worker_killed_mid_sweep_leaves_every_run_intact(tmp_path):
     spec = tmp_path / "spec.toml"
-    spec.write_text(
-        "n_seeds = 1\n"
-        + TINY.replace("[train]\n", "[train]\nepochs = 40\n")
-        + LONG.replace("[train]\nepochs = 40\n", "")
-    )
+    spec.write_text(LONG)
     out = tmp_path / "study"
     proc = sweep(spec, out, "--quiet", wait=False)
     store, pid = wait_for(lambda: running_store(out, 3), 180, proc)
@@ -200,11 +198,7 @@ def test_a_worker_killed_mid_sweep_leaves_every_run_intact(tmp_path):
 
 def test_ctrl_c_stops_the_sweep_cleanly_and_the_next_one_finishes_it(tmp_path):
     spec = tmp_path / "spec.toml"
-    spec.write_text(
-        "n_seeds = 1\n"
-        + TINY.replace("[train]\n", "[train]\nepochs = 40\n")
-        + LONG.replace("[train]\nepochs = 40\n", "")
-    )
+    spec.write_text(LONG)
     out = tmp_path / "study"
     proc = sweep(spec, out, "--quiet", wait=False)
     wait_for(lambda: running_store(out, 2), 180, proc)
