@@ -265,45 +265,11 @@ def test_sweep_on_an_existing_scheduler_and_an_unreachable_one(tmp_path):
         dashboard_address=None,
         silence_logs=logging.ERROR,
     ) as cluster:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cli",
-                "sweep",
-                str(spec),
-                "--out",
-                str(tmp_path / "study"),
-                "--scheduler",
-                cluster.scheduler_address,
-                "--quiet",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+        code, output = sweep(spec, tmp_path / "study", "--scheduler", cluster.scheduler_address)
+    assert code == 0, output
     assert [r["status"] for r in manifest(tmp_path / "study")["runs"]] == ["completed"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "sweep",
-            str(spec),
-            "--out",
-            str(tmp_path / "other"),
-            "--scheduler",
-            "tcp://127.0.0.1:9",
-            "--quiet",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    error = proc.stderr.strip().splitlines()[-1]
+    code, output = sweep(spec, tmp_path / "other", "--scheduler", "tcp://127.0.0.1:9")
+    assert code == 2, output
+    error = output.strip().splitlines()[-1]
     assert error.startswith("Error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
     assert "dask scheduler" in error
