@@ -18,11 +18,11 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from . import alignment, autoencoder, compare, unlearning
+from . import alignment, autoencoder, compare, spectra, unlearning
 from .smoothing import AnalysisError
 
 #: single-run analyses by name, in the order tables and figures appear
-ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (alignment, unlearning, autoencoder)}
+ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (alignment, unlearning, autoencoder, spectra)}
 #: the many-run comparison: ``compare.analyze(list_of_trees)``
 COMPARE = compare
 #: what reading a damaged store raises while an analysis runs (stores open lazily, so a

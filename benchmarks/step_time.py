@@ -8,6 +8,8 @@ A 3x512 ReLU MLP on 3072-dimensional inputs (CIFAR-10 sized), batch 100, SGD wit
       with commits (at least every 10 s) and a checkpoint every 100 steps (one epoch of the
       study's 10,000 images)
   (e) the same with probes every 10 steps
+  (r) every other rule (DFA, sign symmetry, Kolen-Pollack, weight mirror, the head-only
+      control) without probes: what the rule itself costs (target <= 1.15 each)
 Variants are timed in interleaved rounds and each reports its median time per step, so a
 machine that is busy for a while slows all of them alike. The cost of one checkpoint and of
 one commit of this net is timed on its own. Peak memory (max RSS of a fresh process) is then
@@ -83,11 +85,15 @@ def dynalign_stepper(
             "probes.every": probe_every,
             "probes.snapshot_every": 100,
             "probes.checkpoint_every": 100,
+            # Kolen-Pollack needs a weight decay for B to converge to W
+            "train.weight_decay": 1e-4 if rule == "kp" else 0.0,
         }
     )
     torch.manual_seed(0)
     model = build(config, data.input_shape, N_OUT, torch.Generator().manual_seed(1))
-    attach_rule(model, make_rule(rule), torch.Generator().manual_seed(2))
+    learning_rule = attach_rule(
+        model, make_rule(config), torch.Generator().manual_seed(2), data.input_shape
+    )
     writer = None
     if store is not None:
         layers = feedback_layers(model)
@@ -95,12 +101,12 @@ def dynalign_stepper(
             store,
             {"config": config.to_json()},
             {n: tuple(m.weight.shape) for n, m in layers.items()},
-            rule == "fa",
+            {n: tuple(m.feedback.shape) for n, m in layers.items() if m.feedback is not None},
             (),
             probe_variables(),
             overwrite=True,
         )
-    trainer = Trainer(config, data, model, writer, progress=False)
+    trainer = Trainer(config, data, model, learning_rule, writer, progress=False)
 
     def step(x, y):
         loss = trainer.train_batch(x, y)["loss"]
@@ -119,7 +125,7 @@ def time_steps(step, batches, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def timing(steps: int, rounds: int) -> None:
+def timing(steps: int, rounds: int, rules: bool = True) -> None:
     data = synthetic(BATCH * 10, N_IN)
     batches = [
         (data.x_train[i : i + BATCH], data.y_train[i : i + BATCH])
@@ -135,6 +141,14 @@ def timing(steps: int, rounds: int) -> None:
     variants["(e) FA, probes every 10 steps + store"] = dynalign_stepper(
         data, "fa", 10, tmp / "e.zarr"
     )[0]
+    if rules:
+        from dynalign.registry import RULES
+
+        for name in RULES.names():
+            if name not in ("bp", "fa"):
+                variants[f"(r) dynalign {name}, no probes"] = dynalign_stepper(data, name, 0, None)[
+                    0
+                ]
     for step in variants.values():  # warm-up: first calls allocate and pick kernels
         time_steps(step, batches, 5)
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -217,10 +231,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-rules", action="store_true", help="leave out the (r) rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_timing:
-        timing(args.steps, args.rounds)
+        timing(args.steps, args.rounds, not args.skip_rules)
     if not args.skip_memory:
         memory()
 

@@ -15,6 +15,7 @@ from dynalign.config import (
     preset_description,
     preset_names,
 )
+from dynalign.registry import DATASETS, MODELS, RULES
 from dynalign.store import StoreError
 
 
@@ -45,13 +46,11 @@ def cli() -> None:
     metavar="KEY=VALUE",
     help="override one config key, e.g. --set train.momentum=0.5 (repeatable)",
 )
-@click.option("--rule", type=str, help="learning rule: bp or fa")
-@click.option("--model", type=str, help="model kind: mlp, convnet, rnn, autoencoder")
+@click.option("--rule", type=str, help=f"learning rule: {', '.join(RULES.names())}")
+@click.option("--model", type=str, help=f"model kind: {', '.join(MODELS.names())}")
 @click.option("--depth", type=str, help="hidden layers of the MLP")
 @click.option("--width", type=str, help="hidden units per layer")
-@click.option(
-    "--dataset", type=str, help="digits, mnist, fashion-mnist, cifar10, synthetic, patches, text"
-)
+@click.option("--dataset", type=str, help=", ".join(DATASETS.names()))
 @click.option("--data-dir", type=str, help="directory holding the dataset's files")
 @click.option("--epochs", type=str)
 @click.option("--lr", type=str, help="learning rate")

@@ -19,6 +19,8 @@ from typing import Any
 
 import tomllib
 
+from . import registry as registries
+
 
 class ConfigError(ValueError):
     """A configuration key, value or file that cannot be used; the message says how to fix it."""
@@ -42,9 +44,11 @@ class ModelConfig:
 
 @dataclass
 class RuleConfig:
-    name: str = "fa"  # bp | fa
-    distribution: str = "uniform"  # uniform | normal (fa)
-    scale: float = 1.0  # fa: width of B relative to the forward init
+    name: str = "fa"  # one of dynalign.registry.RULES
+    distribution: str = "uniform"  # uniform | normal: how random feedback is drawn
+    scale: float = 1.0  # random feedback: width of B relative to the forward init
+    mirror_lr: float = 0.01  # wm: learning rate (and decay) of B's noise-driven update
+    mirror_samples: int = 32  # wm: noise samples per layer and step
 
 
 @dataclass
@@ -52,6 +56,7 @@ class ConstraintConfig:
     sign: str = "none"  # none | synapse | neuron  (Dale's law)
     excitatory_fraction: float = 0.8
     balance: bool = False  # scale inhibitory init magnitudes so each unit's mean input is 0
+    reset_momentum: bool = False  # clear the optimiser state of a weight the constraint clips
 
 
 @dataclass
@@ -109,13 +114,8 @@ class Config:
 
 
 CHOICES = {
-    "model.kind": ("mlp", "convnet", "rnn", "autoencoder"),
-    "model.activation": ("relu", "tanh", "sigmoid", "mixed_relu"),
-    "model.batch_norm": ("none", "standard", "noaffine", "running_prev", "running_incl"),
-    "rule.name": ("bp", "fa"),
+    **{registry.key: registry.names() for registry in registries.ALL},
     "rule.distribution": ("uniform", "normal"),
-    "constraint.sign": ("none", "synapse", "neuron"),
-    "data.name": ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "patches", "text"),
     "train.optimizer": ("sgd", "adam"),
     "data.scaling": ("zscore", "unit", "none"),
 }
@@ -136,6 +136,8 @@ POSITIVE = {
     "data.n_train",
     "train.grad_clip",
     "probes.n_probe_inputs",
+    "rule.mirror_lr",
+    "rule.mirror_samples",
 }
 NON_NEGATIVE = {
     "model.bn_momentum",
@@ -510,6 +512,9 @@ def check_consistency(config: Config) -> None:
             f"constraint.excitatory_fraction={c.excitatory_fraction}; choose a fraction strictly "
             "between 0 and 1, or set constraint.balance=false"
         )
+    problem = registries.RULES.load(config.rule.name).check(config)
+    if problem:
+        raise ConfigError(problem)
     _check_last_batch(config)
     cores = os.cpu_count() or 1
     if t.threads is not None and t.threads > cores:

@@ -13,31 +13,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feedback import FeedbackLayer, backward_matrix
+from .feedback import FeedbackLayer, backward_matrix, exact_mode, routed_error
 
 
 class _Conv2dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback, stride, padding):
+    def forward(ctx, x, weight, bias, feedback, layer):
         ctx.save_for_backward(x, weight, feedback)
         ctx.has_bias = bias is not None
-        ctx.stride, ctx.padding = stride, padding
-        return F.conv2d(x, weight, bias, stride, padding)
+        ctx.layer = layer
+        ctx.stride, ctx.padding = layer.stride, layer.padding
+        return F.conv2d(x, weight, bias, layer.stride, layer.padding)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, feedback = ctx.saved_tensors
         stride, padding = ctx.stride, ctx.padding
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        grad_w = grad_b = None
+        grad_x = routed_error(ctx.layer, grad_out, feedback, x.shape, ctx.needs_input_grad[0])
+        if grad_x is None and ctx.needs_input_grad[0]:
             grad_x = torch.nn.grad.conv2d_input(
                 x.shape, backward_matrix(weight, feedback), grad_out, stride, padding
             )
-        if ctx.needs_input_grad[1]:
+        want_w = ctx.layer.exact_weight_grad or not exact_mode()
+        if ctx.needs_input_grad[1] and want_w:
             grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, stride, padding)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.has_bias and ctx.needs_input_grad[2] and want_w:
             grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class Conv2d(FeedbackLayer):
@@ -77,7 +80,7 @@ class Conv2d(FeedbackLayer):
         if self.feedback is None and not torch.is_grad_enabled():
             out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
             return self._capture(out)
-        out = _Conv2dFn.apply(x, self.weight, self.bias, self.feedback, self.stride, self.padding)
+        out = _Conv2dFn.apply(x, self.weight, self.bias, self.feedback, self)
         return self._capture(out)
 
     def extra_repr(self) -> str:

@@ -21,7 +21,6 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
@@ -31,8 +30,8 @@ import torch
 
 from .config import GENERATED_N_TRAIN, DataConfig, describe_path
 from .memory import too_large
+from .registry import DATASETS
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "patches", "text")
 SCALINGS = ("zscore", "unit", "none")
 
 #: where the Debian package dataset-fashion-mnist installs its IDX files
@@ -94,10 +93,9 @@ class Dataset:
 
 def load(cfg: DataConfig, seed: int) -> Dataset:
     """The dataset ``cfg.name``, split (and scaled) as ``cfg`` asks, fixed by ``seed``."""
-    loader = _LOADERS.get(cfg.name)
-    if loader is None:
+    if cfg.name not in DATASETS:
         raise DataError(
-            f"unknown dataset {cfg.name!r}; set data.name to one of {', '.join(DATASETS)}"
+            f"unknown dataset {cfg.name!r}; set data.name to one of {', '.join(DATASETS.names())}"
         )
     if cfg.scaling not in SCALINGS:
         raise DataError(
@@ -107,7 +105,7 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
         raise DataError(f"data.n_val={cfg.n_val} is negative; give 0 or more validation samples")
     if cfg.n_train is not None and cfg.n_train < 1:
         raise DataError(f"data.n_train={cfg.n_train} must be at least 1 (or unset to use the rest)")
-    return loader(cfg, seed)
+    return DATASETS.load(cfg.name)(cfg, seed)
 
 
 # ---------------------------------------------------------------------------- split and scaling
@@ -703,14 +701,3 @@ def _load_text(cfg: DataConfig, seed: int) -> Dataset:
         sha256=_sha256(raw),
         meta={"source": source, "scaling": "none", "vocab": vocab, "seq_len": cfg.seq_len},
     )
-
-
-_LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
-    "digits": _load_digits,
-    "mnist": _load_idx_set,
-    "fashion-mnist": _load_idx_set,
-    "cifar10": _load_cifar10,
-    "synthetic": _load_synthetic,
-    "patches": _load_patches,
-    "text": _load_text,
-}

@@ -44,6 +44,15 @@ def backward_matrix(weight: torch.Tensor, feedback: torch.Tensor | None) -> torc
     return weight if feedback is None or exact_mode() else feedback
 
 
+def routed_error(layer, grad_out, feedback, x_shape, needed: bool) -> torch.Tensor | None:
+    """The error a rule with its own route (DFA) sends to the layer's input; None: the usual
+    path through B. Exact mode always takes the usual path (through W)."""
+    route = layer.route
+    if route is None or exact_mode():
+        return None
+    return route(grad_out, feedback, x_shape, needed)
+
+
 class _LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, layer):
@@ -55,8 +64,9 @@ class _LinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, feedback = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        grad_w = grad_b = None
+        grad_x = routed_error(ctx.layer, grad_out, feedback, x.shape, ctx.needs_input_grad[0])
+        if grad_x is None and ctx.needs_input_grad[0]:
             grad_x = grad_out @ backward_matrix(weight, feedback)
         # a probe that only needs the true error signal switches the weight gradient off
         want_w = ctx.layer.exact_weight_grad or not exact_mode()
@@ -81,6 +91,9 @@ class FeedbackLayer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("feedback", None)
+        #: a rule whose error does not travel layer by layer (DFA) sets a callable here:
+        #: ``route(grad_out, feedback, x_shape, needed) -> grad_x or None``
+        self.route = None
         self.capturing = False
         self.captured: list[torch.Tensor] = []
         self.captured_inputs: list[torch.Tensor] = []
@@ -88,6 +101,10 @@ class FeedbackLayer(nn.Module):
 
     def fan_in(self) -> int:
         return self.weight[0].numel()
+
+    def has_weight_shaped_feedback(self) -> bool:
+        """Does B exist with W's shape (so that the angle between W and B is defined)?"""
+        return self.feedback is not None and self.feedback.shape == self.weight.shape
 
     def init_bound(self) -> float:
         """Half-width of the uniform distribution the forward weights were drawn from."""

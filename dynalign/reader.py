@@ -22,7 +22,8 @@ import zarr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from .store import APPENDED, SCHEMA_VERSION, StoreError, array_paths
+from .schema import READABLE_VERSIONS
+from .store import APPENDED, StoreError, array_paths
 from .writer_lock import describe_writer, writer_alive
 
 #: groups that hold the writer's private state, not the run's record
@@ -84,17 +85,18 @@ def root_attrs(path: str | Path) -> dict[str, Any]:
             "give the path of a run store written by `dynalign record`"
         )
     version = attrs["schema_version"]
-    if version not in (1, SCHEMA_VERSION):
+    if version not in READABLE_VERSIONS:
         raise StoreError(
-            f"{path} has schema version {version}; this dynalign reads versions 1 and "
-            f"{SCHEMA_VERSION}: open it with the dynalign version that wrote it "
+            f"{path} has schema version {version}; this dynalign reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: open it with the dynalign version that "
+            "wrote it "
             f"({attrs.get('dynalign_version')})"
         )
     return attrs
 
 
 def committed_lengths(attrs: dict[str, Any]) -> dict[str, int] | None:
-    """The committed row counts of a schema-2 store (None for schema 1: arrays are exact)."""
+    """The committed row counts of a store (None for schema 1: its arrays are exact)."""
     if attrs.get("schema_version") == 1:
         return None
     committed = attrs.get("committed")

@@ -26,8 +26,9 @@ from .feedback import feedback_layers
 from .models import build
 from .probes import probe_variables
 from .reader import check_store
-from .rules import attach_rule, make_rule
-from .store import SCHEMA_VERSION, RunWriter, StoreError, dynalign_attrs
+from .rules import make_rule
+from .schema import PROBE_INPUT, SCHEMA_VERSION, SIGN, UNIT_SIGN
+from .store import RunWriter, StoreError, dynalign_attrs
 from .trainer import RunResult, Trainer, seed_everything
 from .writer_lock import describe_writer, writer_alive
 
@@ -43,7 +44,7 @@ def check_device(device: str) -> None:
 
 
 def prepare(config: Config):
-    """Data, model (with its rule and constraint) for a config, on the configured device."""
+    """Data, model, sign constraint (or None) and rule for a config, on the configured device."""
     check_device(config.train.device)
     if config.train.threads:  # on a shared machine, fewer threads than cores avoid contention
         torch.set_num_threads(config.train.threads)
@@ -51,11 +52,12 @@ def prepare(config: Config):
     seed_everything(config.train.seed)
     init = torch.Generator().manual_seed(config.train.seed + 1)
     model = build(config, data.input_shape, data.n_classes, init)
-    rule = make_rule(config.rule.name, config.rule.distribution, config.rule.scale)
-    attach_rule(model, rule, init)
+    rule = make_rule(config)
+    rule.attach(model, init, data.input_shape)
     model.to(config.train.device)
     constraint = make_constraint(config.constraint, model, init)
-    return data, model, constraint
+    rule.refresh(feedback_layers(model))  # B that follows W sees the constrained signs
+    return data, model, constraint, rule
 
 
 class _Signals:
@@ -102,7 +104,7 @@ def record(
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise StoreError(f"{out} already exists; choose another --out or pass --overwrite")
-    data, model, constraint = prepare(config)
+    data, model, constraint, rule = prepare(config)
     if not out.parent.is_dir():  # only once the run is known to be valid
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,6 @@ def record(
                 f"cannot create the folder for {out}: {err.strerror}; choose another --out"
             ) from None
     layers = feedback_layers(model)
-    has_feedback = any(layer.feedback is not None for layer in layers.values())
     autoencoder = hasattr(model, "reconstruct")
     attrs = {
         "dynalign_version": __version__,
@@ -129,13 +130,17 @@ def record(
         shape = tuple(data.input_shape)
         image_shape = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
     n_probe = min(config.probes.n_probe_inputs, len(data.x_val))
-    trainer = Trainer(config, data, model, None, constraint, progress)
+    trainer = Trainer(config, data, model, rule, None, constraint, progress)
     with stop_on_signals(trainer) as signals:
         writer = RunWriter(
             out,
             attrs,
             {n: tuple(layer.weight.shape) for n, layer in layers.items()},
-            has_feedback,
+            {
+                n: tuple(layer.feedback.shape)
+                for n, layer in layers.items()
+                if layer.feedback is not None
+            },
             tuple(getattr(model, "loss_term_names", ())),
             probe_variables(),
             image_shape=image_shape,
@@ -169,8 +174,9 @@ def resume(out: str | Path, progress: bool = True) -> RunResult:
     status = attrs.get("status")
     if attrs.get("schema_version") != SCHEMA_VERSION:
         raise StoreError(
-            f"{out} has schema version {attrs.get('schema_version')}, written before runs could "
-            "be resumed; record it again"
+            f"{out} has schema version {attrs.get('schema_version')}, written by an earlier "
+            f"dynalign ({attrs.get('dynalign_version')}); this one resumes version "
+            f"{SCHEMA_VERSION} only: record it again"
         )
     if status == "completed":
         raise StoreError(
@@ -195,13 +201,13 @@ def resume(out: str | Path, progress: bool = True) -> RunResult:
     saved = checkpoint.load(zarr.open_group(str(out), mode="r"))
     if saved is None:  # killed before its first checkpoint (maybe before all arrays existed)
         return record(config, out, overwrite=True, progress=progress)
-    data, model, constraint = prepare(config)
+    data, model, constraint, rule = prepare(config)
     if data.attrs().get("sha256") != (attrs.get("dataset") or {}).get("sha256"):
         raise StoreError(
             f"the data of {out} ({config.data.name}) changed since the run began, so it cannot be "
             "continued; record it again, or restore the original data files"
         )
-    trainer = Trainer(config, data, model, None, constraint, progress)
+    trainer = Trainer(config, data, model, rule, None, constraint, progress)
     arrays, counters = saved
     committed = counters["committed"]
     trainer.restore(arrays, counters)
@@ -250,8 +256,7 @@ def _write_static(writer: RunWriter, model, constraint, data, n_probe: int, auto
             "input",
             x,
             ("probe", "pixel"),
-            "1",
-            "probe inputs (first validation samples)",
+            PROBE_INPUT,
         )
     if constraint is not None:
         for name, sign in constraint.signs.items():
@@ -261,8 +266,7 @@ def _write_static(writer: RunWriter, model, constraint, data, n_probe: int, auto
                 "sign",
                 sign.cpu().numpy().astype(np.int8),
                 dims,
-                "1",
-                "fixed sign of each weight (Dale's law)",
+                SIGN,
             )
     for name, module in model.named_modules():
         sign = getattr(module, "sign", None)
@@ -272,6 +276,5 @@ def _write_static(writer: RunWriter, model, constraint, data, n_probe: int, auto
                 name,
                 sign.cpu().numpy().astype(np.int8),
                 (f"{name}_unit",),
-                "1",
-                "fixed sign of each Mixed-ReLU unit",
+                UNIT_SIGN,
             )

@@ -21,7 +21,6 @@ import json
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,11 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import schema
 from .durable import DurableStore
+from .schema import SCHEMA_VERSION, Variable
 from .writer_lock import LockHeld, WriterLock, describe_writer, writer_identity
 
-SCHEMA_VERSION = 2
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 #: statuses a run ends in for good: `--resume` refuses them
 FINISHED = ("completed", "diverged")
@@ -53,33 +53,6 @@ ARRAY_CONFIG = {"write_empty_chunks": True}
 
 class StoreError(ValueError):
     """A path that is not (or no longer) a readable dynalign run store."""
-
-
-@dataclass(frozen=True)
-class Variable:
-    """One recorded variable: what it is called, which dims it has, what it means."""
-
-    name: str
-    per_layer: bool
-    units: str
-    long_name: str
-    dtype: str = "float32"
-
-
-STEP_SCALARS = (
-    Variable("epoch", False, "1", "epoch the step belongs to (1-based)", "int64"),
-    Variable("loss", False, "1", "training loss of the minibatch"),
-    Variable("batch_accuracy", False, "1", "fraction of the minibatch classified correctly"),
-    Variable("lr", False, "1", "learning rate used for the step"),
-)
-
-EPOCH_VARIABLES = (
-    Variable("train_loss", False, "1", "loss on the whole training split"),
-    Variable("train_accuracy", False, "1", "accuracy on the whole training split"),
-    Variable("val_loss", False, "1", "loss on the validation split"),
-    Variable("val_accuracy", False, "1", "accuracy on the validation split"),
-    Variable("step", False, "1", "optimiser step at the end of the epoch", "int64"),
-)
 
 
 def _fill(dtype: str) -> Any:
@@ -151,8 +124,8 @@ class _Appender:
         self.n, self.filled = end, 0
 
 
-def _column(dims: tuple[str, ...], trailing: tuple, dtype: str, units: str, long_name: str):
-    return (trailing, dtype, dims, {"units": units, "long_name": long_name})
+def _column(dims: tuple[str, ...], trailing: tuple, v: Variable):
+    return (trailing, v.dtype, dims, {"units": v.units, "long_name": v.long_name})
 
 
 def array_paths(group: zarr.Group):
@@ -249,7 +222,7 @@ class RunWriter:
         path: str | Path,
         attrs: dict[str, Any],
         layers: dict[str, tuple[int, ...]],
-        has_feedback: bool,
+        feedback_shapes: dict[str, tuple[int, ...]],
         extra_step_terms: tuple[str, ...] = (),
         step_variables: tuple[Variable, ...] = (),
         chunk: int = 512,
@@ -286,7 +259,13 @@ class RunWriter:
                 },
             )
             self._create(
-                layers, has_feedback, extra_step_terms, step_variables, chunk, image_shape, n_probe
+                layers,
+                feedback_shapes,
+                extra_step_terms,
+                step_variables,
+                chunk,
+                image_shape,
+                n_probe,
             )
             self.manifest = sorted(array_paths(self.root))
         except OSError as err:
@@ -301,7 +280,7 @@ class RunWriter:
             ) from None
 
     def _create(
-        self, layers, has_feedback, extra_step_terms, step_variables, chunk, image_shape, n_probe
+        self, layers, feedback_shapes, extra_step_terms, step_variables, chunk, image_shape, n_probe
     ) -> None:
         self.layers = list(layers)
         n_layers = len(self.layers)
@@ -311,38 +290,31 @@ class RunWriter:
             shape=(n_layers,),
             dtype=str,
             dimension_names=("layer",),
-            attributes={"long_name": "layer (module path)", "units": "1"},
+            attributes={"long_name": schema.LAYER.long_name, "units": schema.LAYER.units},
             config=ARRAY_CONFIG,
         )
         names[:] = np.array(self.layers, dtype=object)
-        columns = {"step": _column((), (), "int64", "1", "optimiser step (1-based)")}
-        for v in STEP_SCALARS:
-            columns[v.name] = _column((), (), v.dtype, v.units, v.long_name)
-        for term in extra_step_terms:
-            columns[term] = _column((), (), "float32", "1", term.replace("_", " "))
-        for v in step_variables:
+        columns = {}
+        scalars = (schema.STEP, *schema.STEP_SCALARS, *map(schema.loss_term, extra_step_terms))
+        for v in (*scalars, *step_variables):
             dims, trailing = (("layer",), (n_layers,)) if v.per_layer else ((), ())
-            columns[v.name] = _column(dims, trailing, v.dtype, v.units, v.long_name)
+            columns[v.name] = _column(dims, trailing, v)
         self.steps = _Appender.create(steps, "step", columns, chunk)
 
         epochs = self.root.create_group("epochs")
-        columns = {"epoch": _column((), (), "int64", "1", "epoch (1-based)")}
-        for v in EPOCH_VARIABLES:
-            columns[v.name] = _column((), (), v.dtype, v.units, v.long_name)
+        columns = {v.name: _column((), (), v) for v in (schema.EPOCH, *schema.EPOCH_VARIABLES)}
         self.epochs = _Appender.create(epochs, "epoch", columns, 64)
 
         self.snapshots: dict[str, _Appender] = {}
         snaps = self.root.create_group("snapshots")
         for name, shape in layers.items():
-            dims = ("out", "in", "kh", "kw")[: len(shape)]
             cols = {
-                "snapshot_step": _column(
-                    (), (), "int64", "1", "step the snapshot was taken after (0: initial)"
-                ),
-                "weight": _column(dims, shape, "float32", "1", "forward weight W"),
+                "snapshot_step": _column((), (), schema.SNAPSHOT_STEP),
+                "weight": _column(schema.weight_dims(shape), shape, schema.WEIGHT),
             }
-            if has_feedback:
-                cols["feedback"] = _column(dims, shape, "float32", "1", "feedback weight B")
+            if name in feedback_shapes:
+                fb = tuple(feedback_shapes[name])
+                cols["feedback"] = _column(schema.feedback_dims(fb, shape), fb, schema.FEEDBACK)
             # trained weights are near-random floats: compressing them costs time, saves ~5%
             self.snapshots[name] = _Appender.create(
                 snaps.create_group(name), "snapshot", cols, 1, compress=False
@@ -355,13 +327,9 @@ class RunWriter:
             rec.attrs["image_shape"] = list(image_shape)
             n_pix = int(np.prod(image_shape))
             cols = {
-                "snapshot_step": _column((), (), "int64", "1", "step of the reconstruction"),
+                "snapshot_step": _column((), (), schema.RECONSTRUCTION_STEP),
                 "reconstruction": _column(
-                    ("probe", "pixel"),
-                    (n_probe, n_pix),
-                    "float32",
-                    "1",
-                    "reconstruction of the probe inputs",
+                    ("probe", "pixel"), (n_probe, n_pix), schema.RECONSTRUCTION
                 ),
             }
             self.reconstructions = _Appender.create(rec, "snapshot", cols, 1)
@@ -380,9 +348,7 @@ class RunWriter:
                 "it is still running: wait for it to end before resuming it"
             ) from None
         root = zarr.open_group(DurableStore(path), mode="r+")
-        return cls(
-            path, {}, {}, False, commit_seconds=commit_seconds, _reopen=(lock, root, committed)
-        )
+        return cls(path, {}, {}, {}, commit_seconds=commit_seconds, _reopen=(lock, root, committed))
 
     def _open_existing(self, committed: dict[str, int]) -> None:
         # first the committed lengths shrink, then the arrays: readers never see a short array
@@ -434,7 +400,7 @@ class RunWriter:
             i = app.row()
             app.buffers["snapshot_step"][i] = step
             app.buffers["weight"][i] = weights[name]
-            if feedback is not None and "feedback" in app.buffers:
+            if feedback and "feedback" in app.buffers:
                 app.buffers["feedback"][i] = feedback[name]
         if self._io is None:
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-snapshot")
@@ -470,8 +436,7 @@ class RunWriter:
         name: str,
         values: np.ndarray,
         dims: tuple[str, ...],
-        units: str,
-        long_name: str,
+        variable: Variable,
     ) -> None:
         """A fixed array written once (probe inputs, constraint signs, unit signs)."""
         g = self.root.require_group(group)
@@ -480,7 +445,7 @@ class RunWriter:
             shape=values.shape,
             dtype=values.dtype,
             dimension_names=dims,
-            attributes={"units": units, "long_name": long_name},
+            attributes={"units": variable.units, "long_name": variable.long_name},
             config=ARRAY_CONFIG,
         )
         arr[...] = values

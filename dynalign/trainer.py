@@ -1,8 +1,9 @@
 """The training loop: minibatch SGD (or Adam) under a learning rule, with probes and recording.
 
-On a probe step one forward pass is differentiated twice: once under the rule (the update the
-optimiser applies) and once inside ``exact_gradients()`` (the true gradient), so the two are
-compared on exactly the same graph. Other steps do a single ordinary backward pass.
+Each step: forward, loss, backward under the rule (and, where a due probe needs it, the BP
+reference pass of ``dynalign.reference``), optimiser step, sign constraint, the rule's own
+update of B, and the recorder's row. The trainer never names a rule or a probe: the rule
+object and the recorder decide what each step does beyond plain training.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, reference
 from .config import Config
 from .constraints import SignConstraint
 from .data import Dataset
-from .feedback import exact_gradients, feedback_layers
+from .feedback import feedback_layers
 from .models import Network
-from .probes import StepContext, gram_is_cheaper, run_probes
+from .probes import StepContext
+from .recorder import CAPTURE, Recorder
+from .rules import Rule
 from .store import RunWriter
 
 
@@ -45,13 +48,11 @@ class RunResult:
     final: dict[str, float]
 
 
-def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-    )
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 class Trainer:
@@ -60,21 +61,23 @@ class Trainer:
         config: Config,
         data: Dataset,
         model: Network,
+        rule: Rule,
         writer: RunWriter | None,
         constraint: SignConstraint | None = None,
         progress: bool = True,
     ):
-        self.config, self.data, self.model, self.writer = config, data, model, writer
+        self.config, self.data, self.model, self.rule = config, data, model, rule
         self.constraint = constraint
         self.device = torch.device(config.train.device)
         self.layers = feedback_layers(model)
         self.names = list(self.layers)
-        self.optimizer = make_optimizer(config, model)
+        self.optimizer = make_optimizer(config, rule.trainable(model))
         self.params = list(model.parameters())
+        self.recorder = Recorder(config, model, self.layers)
+        self.writer = writer
         self.progress = progress
         self.step = 0
         self.epoch = 0
-        self.last_snapshot = -1
         self.batch = 0  # minibatches of the current epoch done
         self.order: torch.Tensor | None = None  # the current epoch's sample order
         self.final: dict[str, float] = {}  # the last epoch's metrics
@@ -87,28 +90,17 @@ class Trainer:
         self.interruptible = False
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
         self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
-        n_probe = config.probes.n_probe_inputs
-        self.probe_inputs = (
-            data.x_val[:n_probe].to(self.device) if hasattr(model, "reconstruct") else None
-        )
+        if hasattr(model, "reconstruct"):
+            n_probe = config.probes.n_probe_inputs
+            self.recorder.probe_inputs = data.x_val[:n_probe].to(self.device)
 
-    # -- recording helpers -------------------------------------------------------------------
-    def _snapshot(self) -> None:
-        if self.writer is None:
-            return
-        self.last_snapshot = self.step
-        layers = self.layers.items()
-        weights = {n: layer.weight.detach().cpu().numpy() for n, layer in layers}
-        feedback = None
-        if any(layer.feedback is not None for _, layer in layers):
-            feedback = {n: layer.feedback.cpu().numpy() for n, layer in layers}
-        self.writer.snapshot(self.step, weights, feedback)
-        if self.probe_inputs is not None:
-            rec = self.model.reconstruct(self.probe_inputs)
-            self.writer.reconstruction(self.step, rec.reshape(len(rec), -1).cpu().numpy())
+    @property
+    def writer(self) -> RunWriter | None:
+        return self.recorder.writer
 
-    def _due(self, every: int) -> bool:
-        return every > 0 and (self.step - 1) % every == 0
+    @writer.setter
+    def writer(self, writer: RunWriter | None) -> None:
+        self.recorder.writer = writer
 
     # -- one step -----------------------------------------------------------------------------
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -116,21 +108,18 @@ class Trainer:
         self.step += 1
         self.interruptible = True
         try:
-            row = self._train_step(x, y)
+            row, ctx = self._train_step(x, y)
         finally:
             self.interruptible = False
-        if self.writer is not None:
-            self.writer.append_step(row)
-            if self._due_snapshot(self.step):
-                self._snapshot()
+        self.recorder.record(row, ctx)
         return row
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        probe = self.writer is not None and self._due(self.config.probes.every)
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, StepContext | None]:
+        needs = self.recorder.needs(self.step)
         layers = list(self.layers.values())
-        if probe:
-            for layer in layers:
-                layer.capturing = True
+        capture = bool(needs & CAPTURE)
+        if capture:
+            reference.start_capture(layers)
         out = self.model(x)
         terms = self.model.loss_terms(out, x, y)
         loss = terms["loss"]
@@ -142,82 +131,46 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         if not math.isfinite(loss_value):
-            for layer in layers:
-                layer.release_captured()
+            if capture:
+                reference.stop_capture(layers)
             raise Diverged(
                 f"loss became {loss_value} at step {self.step} (epoch {self.epoch})", row
             )
 
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = self._rule_and_exact_gradients(loss, layers) if probe else None
-        if ctx is None:
+        gradients = None
+        if capture:
+            gradients = reference.backward(loss, self.params, layers, "reference" in needs)
+        else:
             loss.backward()
+        weights = [layer.weight for layer in layers]
+        before = self._copy_weights(weights) if "weights_before" in needs else None
 
         if self.config.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         self.optimizer.step()
+        counts = None
         if self.constraint is not None:
-            attempted = self.constraint.project()
-            if ctx is not None:
-                ctx.attempted = [attempted[n] for n in self.names]
+            counts = self.constraint.project(self.optimizer)
+        self.rule.after_step(self.layers, self.optimizer)
 
         correct, scored = self.model.correct(out.detach(), y)
         row["batch_accuracy"] = correct / scored if scored else math.nan
         for term in self.extra_terms:
             row[term] = float(terms[term].detach())
-        if ctx is not None:
-            row.update(run_probes(ctx))
-        return row
-
-    def _rule_and_exact_gradients(self, loss: torch.Tensor, layers: list) -> StepContext:
-        """Differentiate one graph under the rule (stored as .grad) and under BP (for probes).
-
-        The BP pass asks autograd for the error at every layer's output; the true weight
-        gradient of a Linear layer is not formed where its Gram form is cheaper (see
-        ``probes.gram_is_cheaper``): the probe needs only its inner products.
-        """
-        captured = [layer.release_captured() for layer in layers]
-        counts = [len(outs) for outs, _ in captured]
-        outs = [t for layer_outs, _ in captured for t in layer_outs]
-        inputs = [_rows(ins) if ins else None for _, ins in captured]
-        weights = [layer.weight for layer in layers]
-        n = len(self.params)
-        rule = torch.autograd.grad(loss, self.params + outs, retain_graph=True, allow_unused=True)
-        for p, g in zip(self.params, rule[:n], strict=True):
-            p.grad = g
-        rule_grads = [p.grad for p in weights]
-        rule_deltas = _per_layer(rule[n:], counts)
-        if any(layer.feedback is not None for layer in layers):
-            gram = [
-                x is not None and gram_is_cheaper(x, d)
-                for x, d in zip(inputs, rule_deltas, strict=True)
-            ]
-            wanted = [w for w, g in zip(weights, gram, strict=True) if not g]
-            for layer, g in zip(layers, gram, strict=True):
-                layer.exact_weight_grad = not g
-            try:
-                with exact_gradients():
-                    exact = torch.autograd.grad(loss, wanted + outs, allow_unused=True)
-            finally:
-                for layer in layers:
-                    layer.exact_weight_grad = True
-            given = iter(exact[: len(wanted)])
-            bp_grads = [None if g else next(given) for g in gram]
-            bp_deltas = _per_layer(exact[len(wanted) :], counts)
-        else:  # no layer has a B: the rule *is* backprop, a second pass would repeat it
-            bp_grads, bp_deltas = list(rule_grads), rule_deltas
-        return StepContext(
+        if not needs and not self.recorder.due(self.step):
+            return row, None
+        ctx = StepContext(
+            step=self.step,
             names=self.names,
-            weights_before=self._copy_weights(weights),
-            weights_after=[w.detach() for w in weights],
+            weights=[w.detach() for w in weights],
             feedback=[layer.feedback for layer in layers],
-            rule_grads=rule_grads,
-            bp_grads=bp_grads,
-            rule_deltas=rule_deltas,
-            bp_deltas=bp_deltas,
-            inputs=inputs,
-            attempted=[0] * len(layers),
+            routed=[layer.route is not None for layer in layers],
+            gradients=gradients,
+            weights_before=before,
+            constraint_counts=None if counts is None else [counts[n] for n in self.names],
         )
+        return row, ctx
 
     def _copy_weights(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
         """W before the optimiser step, in buffers kept across steps (no fresh allocation)."""
@@ -248,15 +201,14 @@ class Trainer:
         """Commit every row so far together with the state the next step needs."""
         if self.writer is None:
             return
-        arrays = checkpoint.capture(
-            self.model, self.optimizer, {"shuffle": self.shuffle}, self.order
-        )
+        arrays = checkpoint.capture(self.model, self.optimizer, self._generators(), self.order)
         counters = {
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
             "epoch_done": epoch_done,
-            "last_snapshot": self.last_snapshot,
+            "last_snapshot": self.recorder.last_snapshot,
+            "last_reconstruction": self.recorder.last_reconstruction,
             "final": self.final,
         }
         checkpoint.save(self.writer, arrays, counters)
@@ -273,14 +225,26 @@ class Trainer:
 
     def restore(self, arrays: dict[str, np.ndarray], counters: dict) -> None:
         """Continue from a checkpoint (see ``checkpoint``): the next step is the one it saw."""
-        order = checkpoint.restore(self.model, self.optimizer, {"shuffle": self.shuffle}, arrays)
+        order = checkpoint.restore(self.model, self.optimizer, self._generators(), arrays)
         self.order = order.to(self.device) if order is not None else None
-        self.step, self.last_snapshot = counters["step"], counters["last_snapshot"]
+        self.step = counters["step"]
+        self.recorder.last_snapshot = counters["last_snapshot"]
+        # stores written before reconstructions had their own schedule took them with snapshots
+        self.recorder.last_reconstruction = counters.get(
+            "last_reconstruction", counters["last_snapshot"]
+        )
         self.epoch, self.batch = counters["epoch"], counters["batch"]
         self.final = dict(counters["final"])
         if counters["epoch_done"]:
             self.epoch, self.batch, self.order = self.epoch + 1, 0, None
         self._resumed = True
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        """Every generator training draws from (the epoch order's, the rule's)."""
+        return {
+            "shuffle": self.shuffle,
+            **{f"rule.{k}": g for k, g in self.rule.generators().items()},
+        }
 
     def keep_safe(self) -> None:
         """After a step: a checkpoint when one is due, else a commit when one is due; this
@@ -303,8 +267,7 @@ class Trainer:
         self.model.train()
         if not self._resumed:
             self.epoch = 1
-            if self._due_snapshot(0):
-                self._snapshot()
+            self.recorder.take_snapshots(0)
         per_epoch = self.config.probes.checkpoint_every is None
         try:
             while self.epoch <= cfg.epochs:
@@ -332,8 +295,8 @@ class Trainer:
                     self.writer.commit()
                 self.epoch, self.batch, self.order = self.epoch + 1, 0, None
         except Diverged as err:
-            if err.row is not None and self.writer is not None:
-                self.writer.append_step(err.row)
+            if err.row is not None:
+                self.recorder.append(err.row)
             status, message = "diverged", f"{err}; lower train.lr or set train.grad_clip"
         except StopRequested:  # between two steps: the state is whole, keep it
             status = "interrupted"
@@ -344,18 +307,10 @@ class Trainer:
             status, message = "interrupted", f"stopped by {cause} during step {self.step}"
         finally:
             bar.close()
-            if (
-                self.writer is not None
-                and status != "interrupted"
-                and self.last_snapshot != self.step
-            ):
-                self._snapshot()
+            if status != "interrupted":
+                self.recorder.take_snapshots(self.step, final=True)
         done = int(self.final.get("epoch", 0))
         return RunResult(status, message, self.step, done, dict(self.final))
-
-    def _due_snapshot(self, step: int) -> bool:
-        every = self.config.probes.snapshot_every
-        return every > 0 and step % every == 0
 
     def _end_epoch(self) -> dict[str, float]:
         train_loss, train_acc = self.evaluate(self.data.x_train, self.data.y_train)
@@ -374,22 +329,6 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} at epoch {self.epoch}")
         return row
-
-
-def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack tensors (N, ..., F) into one (rows, F) matrix: one row per sample (and time step)."""
-    rows = [t.detach().reshape(-1, t.shape[-1]) for t in tensors]
-    return rows[0] if len(rows) == 1 else torch.cat(rows)
-
-
-def _per_layer(grads: tuple, counts: list[int]) -> list[torch.Tensor]:
-    """Each layer's captured-output gradients as rows (several captures for a recurrent layer)."""
-    out, i = [], 0
-    for c in counts:
-        parts = [g for g in grads[i : i + c] if g is not None]
-        out.append(_rows(parts) if parts else torch.zeros(1, 1))
-        i += c
-    return out
 
 
 def _progress(total: int, enabled: bool, initial: int = 0):

@@ -26,35 +26,27 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dynalign import schema
 from dynalign.config import Config, apply
 
-ATTRS: dict[str, tuple[str, str]] = {
-    "step": ("1", "optimiser step"),
-    "epoch": ("1", "epoch"),
-    "loss": ("1", "training loss of the batch"),
-    "batch_accuracy": ("1", "fraction of the batch classified correctly"),
-    "lr": ("1", "learning rate"),
-    "recon_loss": ("1", "reconstruction loss of the batch"),
-    "sparsity_loss": ("1", "sparsity penalty of the batch"),
-    "update_angle": ("degree", "angle between the rule's update and the BP gradient"),
-    "delta_angle": ("degree", "angle between the rule's and BP's error signal at the layer"),
-    "feedback_angle": ("degree", "angle between W and B"),
-    "weight_norm": ("1", "Frobenius norm of W"),
-    "update_norm": ("1", "Frobenius norm of the applied change of W"),
-    "sign_flips": ("count", "weights whose sign changed in the step"),
-    "attempted_flips": ("count", "weights a sign constraint stopped at zero"),
-    "zeroed_fraction": ("1", "fraction of the layer's weights exactly 0"),
-    "train_loss": ("1", "training loss over the epoch"),
-    "train_accuracy": ("1", "training accuracy over the epoch"),
-    "val_loss": ("1", "validation loss"),
-    "val_accuracy": ("1", "validation accuracy"),
-    "snapshot_step": ("1", "optimiser step of the snapshot"),
-    "weight": ("1", "forward weight W"),
-    "feedback": ("1", "feedback weight B"),
-    "sign": ("1", "fixed sign of the weight"),
-    "input": ("1", "probe input"),
-    "reconstruction": ("1", "reconstruction of the probe input"),
-}
+#: units and long names, from the schema the recorder writes with (first declaration wins:
+#: ``step`` of the steps group before the epochs group's)
+ATTRS: dict[str, tuple[str, str]] = {}
+for _v in (
+    schema.STEP,
+    *schema.STEP_SCALARS,
+    *map(schema.loss_term, ("recon_loss", "sparsity_loss")),
+    *schema.LAYER_VARIABLES.values(),
+    schema.EPOCH,
+    *schema.EPOCH_VARIABLES,
+    schema.SNAPSHOT_STEP,
+    schema.WEIGHT,
+    schema.FEEDBACK,
+    schema.SIGN,
+    schema.PROBE_INPUT,
+    schema.RECONSTRUCTION,
+):
+    ATTRS.setdefault(_v.name, (_v.units, _v.long_name))
 
 PER_LAYER_DEFAULTS = {
     "update_angle": 0.0,

@@ -127,6 +127,7 @@ def test_out_directory_holds_every_result_and_compare(stores, tmp_path):
     assert names == [
         "ae_alignment.nc",
         "ae_autoencoder.nc",
+        "ae_spectra.nc",
         "compare.nc",
         "fa_alignment.nc",
         "fa_unlearning.nc",

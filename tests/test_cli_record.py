@@ -82,7 +82,7 @@ def test_record_config_file(tmp_path):
     [
         (["--set", "train.lrr=0.1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
         (["--set", "train.lr"], "must look like section.key=value"),
-        (["--rule", "kp"], "rule.name='kp' is not one of: bp, fa"),
+        (["--rule", "kpp"], "rule.name='kpp' is not one of: bp, fa, dfa"),
         (["--depth", "two"], "model.depth='two' is not a valid int"),
         (["--lr", "-1"], "train.lr=-1.0 must be greater than 0"),
         (["--epochs", "0"], "train.epochs=0 must be greater than 0"),

@@ -1,4 +1,5 @@
-"""Dale's-law sign constraints: initial signs, projection after updates, counts, neuron level."""
+"""Dale's-law sign constraints: initial signs, projection after updates, counts, neuron level,
+crossed vs pushed counts and the optimiser-state reset."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from torch import nn
 
 from dynalign.config import ConstraintConfig
 from dynalign.constraints import (
+    ProjectionCounts,
     SignConstraint,
     SignConstraintError,
     counts_to_ints,
     make_constraint,
+    projection_counts_to_ints,
 )
 from dynalign.feedback import FeedbackLayer, Linear, feedback_layers
 from dynalign.rules import attach_rule, make_rule
@@ -212,7 +215,11 @@ def test_counts_are_int64_scalars_and_convert_to_ints():
     c = SignConstraint(feedback_layers(net), "synapse", 0.5, gen())
     counts = c.project()
     assert set(counts) == {"fc1", "fc2"}
-    assert all(v.dtype == torch.int64 and v.dim() == 0 for v in counts.values())
+    assert all(
+        t.dtype == torch.int64 and t.dim() == 0
+        for v in counts.values()
+        for t in (v.crossed, v.pushed)
+    )
     assert counts_to_ints(counts) == {"fc1": 0, "fc2": 0}
     assert counts_to_ints({}) == {}
 
@@ -300,3 +307,322 @@ def test_balance_is_off_by_default_and_set_from_the_config():
 def test_balance_needs_both_signs(fraction):
     with pytest.raises(SignConstraintError, match="balance needs both excitatory and inhibitory"):
         SignConstraint(feedback_layers(Net()), "synapse", fraction, gen(), balance=True)
+
+
+# -- crossed vs pushed ----------------------------------------------------------------------------
+
+
+def reference_counts(before: torch.Tensor, after: torch.Tensor, sign: torch.Tensor):
+    """(crossed, pushed) from a copy of W before the step and W after it, before projection."""
+    wrong = after * sign < 0
+    return int((wrong & (before != 0)).sum()), int((wrong & (before == 0)).sum())
+
+
+def test_counts_split_into_crossed_and_pushed_by_where_the_weight_was():
+    layer = Linear(3, 4)
+    c = SignConstraint({"fc": layer}, "synapse", 0.5, gen(1))
+    s = c.signs["fc"]
+    with torch.no_grad():
+        layer.weight.copy_(0.5 * s)
+        layer.weight[0, 0] = layer.weight[0, 1] = layer.weight[1, 0] = 0.0
+    c.refresh()  # written by hand, not through project(): the constraint must be told
+    with torch.no_grad():
+        push = torch.zeros_like(s)
+        push[0, 0] = -0.1 * s[0, 0]  # pinned at 0, pushed to the wrong side: pushed
+        push[0, 1] = 0.2 * s[0, 1]  # pinned at 0, grows on its own side: nothing
+        push[1, 0] = -0.3 * s[1, 0]  # pinned at 0, pushed: pushed
+        push[2, 2] = -0.8 * s[2, 2]  # 0.5 -> -0.3: crossed
+        push[3, 1] = -0.6 * s[3, 1]  # 0.5 -> -0.1: crossed
+        push[2, 1] = -0.5 * s[2, 1]  # 0.5 -> exactly 0: on neither side, nothing
+        push[3, 2] = -0.2 * s[3, 2]  # shrinks on its own side: nothing
+        layer.weight.add_(push)
+    counts = c.project()
+    k = counts["fc"]
+    assert isinstance(k, ProjectionCounts)
+    assert (int(k.crossed), int(k.pushed), int(k.attempted)) == (2, 2, 4)
+    for value in (k.crossed, k.pushed, k.attempted):
+        assert value.dtype == torch.int64 and value.dim() == 0
+        assert value.device == layer.weight.device
+    assert int(k) == 4 and float(k) == 4.0  # reads as today's attempted count
+    assert projection_counts_to_ints(counts) == {"fc": {"crossed": 2, "pushed": 2, "attempted": 4}}
+    w = layer.weight.detach()
+    for i, j in ((0, 0), (1, 0), (2, 2), (3, 1), (2, 1)):
+        assert w[i, j].item() == 0.0
+    # next step: [2, 1] reached 0 on its own and [2, 2] was clipped: both count as pushed now;
+    # [0, 1] grew to 0.2 and is carried past zero: crossed
+    with torch.no_grad():
+        push = torch.zeros_like(s)
+        push[2, 1] = -0.1 * s[2, 1]
+        push[2, 2] = -0.1 * s[2, 2]
+        push[0, 1] = -0.3 * s[0, 1]
+        layer.weight.add_(push)
+    k = c.project()["fc"]
+    assert (int(k.crossed), int(k.pushed)) == (1, 2)
+
+
+@pytest.mark.parametrize("level", ["synapse", "neuron"])
+def test_counts_match_a_copy_of_the_weights_before_each_step(level):
+    """Independent check: W copied before every step tells pinned from non-zero weights."""
+    torch.manual_seed(0)
+    net = Net(sizes=(9, 7, 5), conv=True)
+    c = SignConstraint(feedback_layers(net), level, 0.6, gen(4))
+    noise = gen(5)
+    seen = {"crossed": 0, "pushed": 0}
+    for _ in range(25):
+        before = {n: m.weight.detach().clone() for n, m in feedback_layers(net).items()}
+        with torch.no_grad():
+            for m in feedback_layers(net).values():
+                m.weight.add_(0.7 * torch.randn(m.weight.shape, generator=noise))
+        after = {n: m.weight.detach().clone() for n, m in feedback_layers(net).items()}
+        counts = c.project()
+        for name in counts:
+            crossed, pushed = reference_counts(before[name], after[name], c.signs[name])
+            assert (int(counts[name].crossed), int(counts[name].pushed)) == (crossed, pushed)
+            seen["crossed"] += crossed
+            seen["pushed"] += pushed
+    assert seen["crossed"] > 0 and seen["pushed"] > 0  # both branches were exercised
+
+
+def test_conv_weight_at_neuron_level_counts_whole_input_channels():
+    layer = ConvWeight(3, 4)
+    c = SignConstraint({"conv": layer}, "neuron", 0.5, gen(6))
+    s = c.signs["conv"]
+    with torch.no_grad():
+        layer.weight.copy_(0.5 * s)
+        layer.weight[:, 1] = 0.0  # input channel 1 pinned at 0
+    c.refresh()
+    with torch.no_grad():
+        layer.weight[:, 1] -= 0.1 * s[:, 1]  # the pinned channel pushed: 3 x 3 x 3 = 27
+        layer.weight[:, 2] -= 1.0 * s[:, 2]  # channel 2 carried across: 27 crossed
+        layer.weight[0, 3, 0, 0] -= 0.7 * s[0, 3, 0, 0]  # one more crossing
+    k = c.project()["conv"]
+    assert (int(k.crossed), int(k.pushed)) == (28, 27)
+    assert bool((layer.weight[:, 1:3] == 0).all())
+
+
+def test_load_state_dict_refreshes_the_masks():
+    """A checkpoint restore writes the weights after the constraint was built (resume)."""
+    layer = Linear(3, 2)
+    c = SignConstraint({"fc": layer}, "synapse", 0.5, gen(7))
+    s = c.signs["fc"]
+    saved = {"weight": 0.4 * s, "bias": torch.zeros(2)}
+    saved["weight"][0, 0] = saved["weight"][1, 2] = 0.0
+    layer.load_state_dict(saved)  # no refresh() called
+    with torch.no_grad():
+        layer.weight.sub_(0.5 * s)  # everything to the wrong side: 2 were at 0, 4 were not
+    k = c.project()["fc"]
+    assert (int(k.crossed), int(k.pushed)) == (4, 2)
+    # through the parent model's load_state_dict as well
+    net = Net()
+    cn = SignConstraint(feedback_layers(net), "synapse", 0.5, gen(8))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["fc2.weight"].zero_()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        net.fc2.weight.sub_(cn.signs["fc2"])
+    k = cn.project()["fc2"]
+    assert (int(k.crossed), int(k.pushed)) == (0, net.fc2.weight.numel())
+
+
+def test_masks_are_rebuilt_when_missing_or_the_parameter_was_replaced():
+    layer = Linear(3, 2)
+    c = SignConstraint({"fc": layer}, "synapse", 0.5, gen(9))
+    s = c.signs["fc"]
+    c._zero.clear()  # masks missing: rebuilt from the current weights at the next projection
+    with torch.no_grad():
+        layer.weight.copy_(0.3 * s)
+        layer.weight[0, 0] = 0.0
+    k = c.project()["fc"]
+    assert (int(k.crossed), int(k.pushed)) == (0, 0)
+    with torch.no_grad():
+        layer.weight[0, 0] = -0.1 * s[0, 0]
+    assert int(c.project()["fc"].pushed) == 1
+    # a new parameter object: the old mask (which has [0, 0] at 0) described another tensor,
+    # so it is rebuilt from the new weights, where [0, 0] was not pinned
+    layer.weight = nn.Parameter(0.2 * s)
+    with torch.no_grad():
+        layer.weight[0, 0] = -0.1 * s[0, 0]
+    k = c.project()["fc"]
+    assert (int(k.crossed), int(k.pushed)) == (1, 0)
+    with torch.no_grad():
+        layer.weight.sub_(0.3 * s)
+    k = c.project()["fc"]
+    assert (int(k.crossed), int(k.pushed)) == (5, 1)
+
+
+def test_projection_counts_to_ints_of_nothing():
+    assert projection_counts_to_ints({}) == {}
+
+
+# -- reset_momentum -------------------------------------------------------------------------------
+
+
+def sgd_pull_to_target(reset: bool, steps: int = 60):
+    """A quadratic pull toward small targets on each weight's own side, from far away.
+
+    SGD with heavy momentum overshoots past zero; the weight is clipped at 0, and the momentum
+    it gathered keeps pushing it to the wrong side for several steps while the gradient already
+    points back. Returns the summed counts, the reference counts and the layer.
+    """
+    layer = Linear(10, 8)
+    c = SignConstraint({"fc": layer}, "synapse", 0.5, gen(0), reset_momentum=reset)
+    s = c.signs["fc"]
+    g = gen(1)
+    with torch.no_grad():
+        layer.weight.copy_(s * (0.5 + torch.rand(s.shape, generator=g)))
+        target = s * (0.05 + 0.25 * torch.rand(s.shape, generator=g))
+    c.refresh()
+    opt = torch.optim.SGD([layer.weight], lr=0.1, momentum=0.9)
+    crossed = pushed = 0
+    for _ in range(steps):
+        before = layer.weight.detach().clone()
+        layer.weight.grad = layer.weight.detach() - target
+        opt.step()
+        after = layer.weight.detach().clone()
+        buffer = opt.state[layer.weight]["momentum_buffer"].clone()
+        k = c.project(opt)["fc"]
+        assert (int(k.crossed), int(k.pushed)) == reference_counts(before, after, s)
+        clipped = after * s < 0
+        now = opt.state[layer.weight]["momentum_buffer"]
+        if reset:
+            assert bool((now[clipped] == 0).all())
+        else:
+            assert torch.equal(now, buffer)
+            if clipped.any():
+                assert bool((now[clipped] != 0).all())  # the stale push is still there
+        assert torch.equal(now[~clipped], buffer[~clipped])  # unclipped state never touched
+        crossed += int(k.crossed)
+        pushed += int(k.pushed)
+    return crossed, pushed
+
+
+def test_without_reset_stale_momentum_pushes_pinned_weights_again_and_again():
+    crossed, pushed = sgd_pull_to_target(reset=False)
+    assert crossed > 0
+    assert pushed > 3 * crossed  # most attempted flips re-count weights already at 0
+
+
+def test_reset_momentum_clears_sgd_momentum_of_clipped_weights_and_pushes_fall():
+    plain_crossed, plain_pushed = sgd_pull_to_target(reset=False)
+    crossed, pushed = sgd_pull_to_target(reset=True)
+    assert crossed > 0
+    # with a cleared buffer the next step follows the gradient alone, which points back to the
+    # weight's own side: a clipped weight is never pushed again here
+    assert pushed == 0 < plain_pushed
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_reset_momentum_clears_adam_moments_of_clipped_weights(amsgrad):
+    layer = ConvWeight(2, 3)
+    c = SignConstraint({"conv": layer}, "neuron", 0.5, gen(10), reset_momentum=True)
+    s = c.signs["conv"]
+    with torch.no_grad():
+        layer.weight.copy_(0.1 * s)
+    c.refresh()
+    opt = torch.optim.Adam([layer.weight], lr=0.3, amsgrad=amsgrad)
+    toward_wrong = torch.zeros_like(s, dtype=torch.bool)
+    toward_wrong[:, 0] = True  # input channel 0 is pushed across zero, the rest away from it
+    toward_wrong[1, 2, 1, 1] = True
+    for step in range(3):
+        layer.weight.grad = torch.where(toward_wrong, s, -s) * (1.0 + step)
+        opt.step()
+        state = opt.state[layer.weight]
+        before = {key: v.clone() for key, v in state.items()}
+        clipped = layer.weight.detach() * s < 0
+        assert torch.equal(clipped, toward_wrong)  # the same weights are clipped every step
+        c.project(opt)
+        keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else [])
+        for key in keys:
+            assert bool((state[key][clipped] == 0).all()), key
+            assert torch.equal(state[key][~clipped], before[key][~clipped]), key
+            assert bool((before[key][clipped] != 0).all()), key  # there was something to clear
+        assert torch.equal(state["step"], before["step"])  # shared scalar state untouched
+        assert bool((layer.weight[clipped] == 0).all())
+
+
+def test_without_the_flag_optimizer_state_and_weights_are_bit_identical():
+    torch.manual_seed(0)
+    nets = [Net(sizes=(8, 16, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    cs = [
+        make_constraint(ConstraintConfig(sign="neuron", excitatory_fraction=0.8), n, gen())
+        for n in nets
+    ]
+    assert not cs[0].reset_momentum
+    opts = [torch.optim.SGD(n.parameters(), lr=0.5, momentum=0.9) for n in nets]
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    clipped = 0
+    for _ in range(10):
+        for net, opt in zip(nets, opts, strict=True):
+            loss = nn.functional.cross_entropy(net.fc2(torch.relu(net.fc1(x))), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        before = {
+            id(p): {k: v.clone() for k, v in opts[0].state[p].items()} for p in nets[0].parameters()
+        }
+        weights = {n: m.weight.detach().clone() for n, m in feedback_layers(nets[0]).items()}
+        counts = cs[0].project(opts[0])  # flag off: the optimiser is ignored
+        cs[1].project()  # and today's call
+        for p in nets[0].parameters():
+            for k, v in opts[0].state[p].items():
+                assert torch.equal(v, before[id(p)][k])
+        for name, m in feedback_layers(nets[0]).items():
+            # exactly the old projection: wrong-side weights zeroed, nothing else touched
+            expected = weights[name].masked_fill(weights[name] * cs[0].signs[name] < 0, 0.0)
+            assert torch.equal(m.weight, expected)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            assert torch.equal(a, b)
+        clipped += sum(counts_to_ints(counts).values())
+    assert clipped > 0
+
+
+def test_reset_momentum_needs_the_optimizer_and_creates_no_state():
+    layer = Linear(3, 2)
+    c = SignConstraint({"fc": layer}, "synapse", 0.5, gen(), reset_momentum=True)
+    with pytest.raises(SignConstraintError, match="reset_momentum=True.*project\\(optimizer\\)"):
+        c.project()
+    with pytest.raises(SignConstraintError, match="constraint.reset_momentum=false"):
+        c.project()
+    # plain SGD keeps no per-weight state; a projection must not add empty entries to it
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer.weight.grad = c.signs["fc"] * 10.0
+    opt.step()
+    assert int(c.project(opt)["fc"]) == layer.weight.numel()
+    assert len(opt.state) == 0
+    # a weight the optimiser does not hold is skipped as well
+    other = torch.optim.SGD([layer.bias], lr=0.1, momentum=0.9)
+    c.project(other)
+    assert layer.weight not in other.state
+
+
+def test_make_constraint_passes_reset_momentum():
+    assert ConstraintConfig().reset_momentum is False
+    net = Net()
+    c = make_constraint(ConstraintConfig(sign="synapse", reset_momentum=True), net, gen())
+    assert c.reset_momentum is True
+    assert "reset_momentum=True" in repr(c)
+    assert make_constraint(ConstraintConfig(sign="synapse"), Net(), gen()).reset_momentum is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_counts_and_reset_on_cuda_without_host_sync():
+    layer = Linear(6, 5)
+    c = SignConstraint({"fc": layer}, "synapse", 0.5, gen(), reset_momentum=True)
+    layer.cuda()  # masks and signs follow the model
+    s = c.signs["fc"].cuda()
+    opt = torch.optim.SGD([layer.weight], lr=1.0, momentum=0.9)
+    layer.weight.grad = s * 5.0
+    opt.step()
+    k = c.project(opt)["fc"]  # the first one moves the masks to the device
+    assert k.crossed.device.type == "cuda" and k.pushed.device.type == "cuda"
+    assert (int(k.crossed), int(k.pushed)) == (30, 0)
+    assert bool((opt.state[layer.weight]["momentum_buffer"] == 0).all())
+    opt.step()  # the gradient alone pushes the pinned weights again
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync in the projection raises
+    try:
+        counts = c.project(opt)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert (int(counts["fc"].crossed), int(counts["fc"].pushed)) == (0, 30)

@@ -12,7 +12,7 @@ from dynalign.conv import Conv2d, _Conv2dFn
 from dynalign.feedback import exact_gradients, feedback_layers
 from dynalign.models import build
 from dynalign.models.convnet import ConvNet
-from dynalign.rules import FeedbackAlignment, attach_rule, make_rule
+from dynalign.rules import attach_rule, make_rule
 
 # (stride, padding, (H, W), output_padding that conv_transpose2d needs to restore (H, W))
 GEOMETRIES = [
@@ -45,7 +45,7 @@ def _reference_grads(layer: Conv2d, x: torch.Tensor, grad_out: torch.Tensor):
 
 
 def _attach_fa(layer: Conv2d, seed: int = 7) -> None:
-    FeedbackAlignment().attach(layer, torch.Generator().manual_seed(seed))
+    attach_rule(layer, make_rule("fa"), torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("stride,padding,size,_", GEOMETRIES)
@@ -115,7 +115,7 @@ def test_gradcheck_without_feedback(stride, padding):
     w = layer.weight.detach().clone().requires_grad_()
     b = layer.bias.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x, w, b: _Conv2dFn.apply(x, w, b, None, stride, padding), (x, w, b)
+        lambda x, w, b: _Conv2dFn.apply(x, w, b, None, layer), (x, w, b)
     )
 
 

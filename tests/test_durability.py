@@ -649,7 +649,7 @@ def test_overwrite_replaces_a_finished_and_a_killed_store(tmp_path):
     assert check_store(finished, decode=True) == []
 
     killed = tmp_path / "killed.zarr"  # a writer that died: its lock is gone, status running
-    writer = RunWriter(killed, {"config": "{}"}, {"fc1": (4, 3)}, has_feedback=False)
+    writer = RunWriter(killed, {"config": "{}"}, {"fc1": (4, 3)}, feedback_shapes={})
     writer.append_step({"step": 1, "epoch": 1, "loss": 1.0})
     writer.commit()
     writer.lock.release()

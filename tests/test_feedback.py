@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dynalign.feedback import Linear, exact_gradients, feedback_layers
 from dynalign.models.mlp import MLP
-from dynalign.rules import FeedbackAlignment, Rule, attach_rule, make_rule
+from dynalign.rules import attach_rule, make_rule
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +56,10 @@ def test_bp_linear_gradcheck():
 
 
 def test_fa_with_b_equal_w_matches_autograd():
-    net = _two_layer(FeedbackAlignment())
+    net = _two_layer(make_rule("fa"))
     for layer in feedback_layers(net).values():
         layer.feedback = layer.weight.detach().clone()
-    ref = _two_layer(Rule())
+    ref = _two_layer(make_rule("bp"))
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
     g_fa = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
     g_bp = torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters()))
@@ -69,7 +69,7 @@ def test_fa_with_b_equal_w_matches_autograd():
 
 def test_fa_weight_gradient_closed_form():
     """Two-layer net: grad W1 = ((B2ᵀ e) ⊙ f'(a1)) xᵀ with e the output error."""
-    net = _two_layer(FeedbackAlignment())
+    net = _two_layer(make_rule("fa"))
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
     loss = F.cross_entropy(net(x), y, reduction="sum")
     g_w1, g_w2 = torch.autograd.grad(loss, [net.fc1.weight, net.fc2.weight])
@@ -89,7 +89,7 @@ def test_fa_weight_gradient_closed_form():
 
 
 def _bp_copy(net):
-    ref = _two_layer(Rule())
+    ref = _two_layer(make_rule("bp"))
     ref.load_state_dict(
         {k: v for k, v in net.state_dict().items() if "feedback" not in k}, strict=False
     )
@@ -97,7 +97,7 @@ def _bp_copy(net):
 
 
 def test_exact_gradients_switch_gives_bp_on_same_graph():
-    net = _two_layer(FeedbackAlignment())
+    net = _two_layer(make_rule("fa"))
     ref = _bp_copy(net)
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
     loss = F.cross_entropy(net(x), y)
@@ -115,7 +115,7 @@ def test_exact_gradients_switch_gives_bp_on_same_graph():
 def test_fa_feedback_matches_forward_init_distribution():
     torch.manual_seed(0)
     layer = Linear(400, 300)
-    FeedbackAlignment().attach(layer, torch.Generator().manual_seed(1))
+    attach_rule(layer, make_rule("fa"), torch.Generator().manual_seed(1))
     bound = 1 / 400**0.5
     b = layer.feedback
     assert b.shape == layer.weight.shape
@@ -123,12 +123,12 @@ def test_fa_feedback_matches_forward_init_distribution():
     assert abs(b.std().item() - layer.weight.std().item()) < 0.02 * bound
     assert not any(b is p for p in layer.parameters())
     scaled = Linear(400, 300)
-    FeedbackAlignment(distribution="normal", scale=2.0).attach(
-        scaled, torch.Generator().manual_seed(1)
+    attach_rule(
+        scaled, make_rule("fa", distribution="normal", scale=2.0), torch.Generator().manual_seed(1)
     )
     assert abs(scaled.feedback.std().item() - 2 * bound / 3**0.5) < 0.03 * bound
 
 
 def test_make_rule_rejects_unknown():
     with pytest.raises(ValueError, match="unknown rule"):
-        make_rule("kp")
+        make_rule("nope")

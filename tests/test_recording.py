@@ -18,7 +18,8 @@ import dynalign
 from dynalign.probes import probe_variables
 from dynalign.reader import check_store, open_run
 from dynalign.record import prepare, record
-from dynalign.store import EPOCH_VARIABLES, STEP_SCALARS, StoreError
+from dynalign.schema import EPOCH_VARIABLES, SCHEMA_VERSION, STEP_SCALARS
+from dynalign.store import StoreError
 
 PER_LAYER = [v.name for v in probe_variables()]
 
@@ -29,7 +30,7 @@ def test_store_schema(tmp_path, tiny_config):
     assert result.status == "completed"
     tree = open_run(tmp_path / "run.zarr")
     attrs = tree.attrs
-    assert attrs["schema_version"] == 2 and attrs["status"] == "completed"
+    assert attrs["schema_version"] == SCHEMA_VERSION and attrs["status"] == "completed"
     assert json.loads(attrs["config"])["rule"]["name"] == "fa"
     assert attrs["dataset"]["name"] == "digits" and len(attrs["dataset"]["sha256"]) == 64
     assert attrs["layers"] == ["fc1", "fc2", "fc3"]
@@ -64,7 +65,7 @@ def test_store_schema(tmp_path, tiny_config):
 
 def test_probe_values_fa(tmp_path, tiny_config):
     cfg = tiny_config(**{"model.activation": "tanh"})
-    data, model, _ = prepare(cfg)
+    data, model, _, rule = prepare(cfg)
     b_before = {
         n: m.feedback.clone()
         for n, m in model.named_modules()
@@ -97,14 +98,14 @@ def test_b_unchanged_after_training_in_memory(tiny_config):
     from dynalign.trainer import Trainer
 
     cfg = tiny_config(**{"train.weight_decay": 0.01})
-    data, model, _ = prepare(cfg)
+    data, model, _, rule = prepare(cfg)
     before = {
         n: m.feedback.clone()
         for n, m in model.named_modules()
         if getattr(m, "feedback", None) is not None
     }
     w0 = model.fc1.weight.detach().clone()
-    Trainer(cfg, data, model, None, progress=False).run()
+    Trainer(cfg, data, model, rule, None, progress=False).run()
     assert before and all(
         torch.equal(before[n], m.feedback) for n, m in model.named_modules() if n in before
     )
@@ -245,7 +246,7 @@ def test_a_flush_that_fails_half_way_keeps_its_rows(tmp_path):
     the rows: the next flush writes every array again from intact buffers."""
     from dynalign.store import RunWriter
 
-    writer = RunWriter(tmp_path / "f.zarr", {}, {"fc1": (2, 3)}, False, (), probe_variables())
+    writer = RunWriter(tmp_path / "f.zarr", {}, {"fc1": (2, 3)}, {}, (), probe_variables())
 
     class FailsOnce:
         def __init__(self, array):

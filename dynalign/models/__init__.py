@@ -54,7 +54,7 @@ def estimate_bytes(config: Config, input_shape: tuple[int, ...], n_outputs: int)
     weights, units = _layers(config, input_shape, n_outputs)
     t = config.train
     optimiser = 2 if t.optimizer == "adam" else int(t.momentum > 0)
-    copies = WEIGHT_COPIES + (config.rule.name == "fa") + optimiser
+    copies = WEIGHT_COPIES + (config.rule.name != "bp") + optimiser
     batch = max(t.batch_size, 1000)  # evaluation runs in batches of 1000
     return 4 * (weights * copies + batch * units * ACTIVATION_COPIES)
 

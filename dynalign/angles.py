@@ -1,0 +1,218 @@
+"""Angles between tensors, accurate near 0° and 180°.
+
+The arccos (or atan2(sqrt(1 − c²), c)) of a cosine from float32 dot products loses the angle
+near 0°: with c = cos θ ≈ 1 − θ²/2, float32 rounding of the products (about 1e-7 relative) is
+as large as θ²/2 for θ ≈ 0.03°, so a true 0.01° reads as 0° or 0.014°. Learning rules that
+align closely (Kolen–Pollack, weight mirrors, BP itself) live there. Here the angle is Kahan's
+
+    θ = 2·atan2(|â − b̂|, |â + b̂|),   â = a/|a|,  b̂ = b/|b|,
+
+with every sum in float64: |â − b̂| is formed from the differences themselves, so it keeps its
+relative accuracy however small it is (likewise |â + b̂| near 180°). On the CPU a compiled loop
+(numba) does it in two passes over the two tensors; other devices run tensor expressions in
+float64 and bring the sums to the host in one transfer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .weight_step import host_floats
+
+__all__ = ["angle", "angle_from_products", "gram_angle"]
+
+
+def angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Angle between two tensors seen as flat vectors, in degrees, as 2·atan2(|â−b̂|, |â+b̂|).
+
+    All sums are float64, so the result is good to about 1e-15 relative at any angle (for
+    float32 inputs, against the exact angle of their values). CPU float32/float64 tensors of
+    one dtype go through two compiled passes (norms, then |â−b̂|² and |â+b̂|²), about as fast
+    as the three float32 dot products this replaces; other devices and dtypes take float64
+    tensor expressions with one transfer to the host.
+
+    NaN if either vector is zero or not finite (float64 inputs beyond about 1e154, whose
+    squares overflow, count as not finite). Bitwise-equal inputs give exactly 0.0: they are
+    compared element by element only when their squared norms agree exactly, so unequal
+    inputs do not pay for the comparison.
+    """
+    if a.numel() != b.numel():
+        raise ValueError(f"angle of tensors with {a.numel()} and {b.numel()} elements")
+    if a is b:
+        norm = host_floats(torch.linalg.vector_norm(a.detach(), dtype=torch.float64))[0]
+        return 0.0 if 0 < norm < math.inf else math.nan
+    a, b = a.detach().reshape(-1), b.detach().reshape(-1)
+    if a.numel() == 0:
+        return math.nan
+    if (
+        a.device.type == "cpu"
+        and a.dtype == b.dtype
+        and a.dtype in (torch.float32, torch.float64)
+        and a.is_contiguous()
+        and b.is_contiguous()
+    ):
+        return _numba_angle(a.numpy(), b.numpy())
+    return _torch_angle(a, b)
+
+
+def _numba_angle(a: np.ndarray, b: np.ndarray) -> float:
+    norms, same, sums = _compiled_kernels()
+    aa, bb = norms(a, b)
+    if not (0 < aa < math.inf and 0 < bb < math.inf):
+        return math.nan
+    if aa == bb and same(a, b):  # equal norms: perhaps the same vector (BP)
+        return 0.0
+    dd, ss = sums(a, b, 1.0 / math.sqrt(aa), 1.0 / math.sqrt(bb))
+    return _from_sums(aa, bb, dd, ss)
+
+
+def _from_sums(aa: float, bb: float, dd: float, ss: float) -> float:
+    """Degrees from |a|², |b|², |â−b̂|², |â+b̂|²."""
+    if not (0 < aa < math.inf and 0 < bb < math.inf):
+        return math.nan
+    return math.degrees(2.0 * math.atan2(math.sqrt(dd), math.sqrt(ss)))
+
+
+def _torch_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The same sums as float64 tensor expressions on the tensors' device, one transfer."""
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    aa, bb = torch.dot(a64, a64), torch.dot(b64, b64)
+    ua, ub = a64 / aa.sqrt(), b64 / bb.sqrt()
+    d, s = ua - ub, ua + ub
+    aa, bb, dd, ss = host_floats(aa, bb, torch.dot(d, d), torch.dot(s, s))
+    if dd != 0 and aa == bb and torch.equal(a, b):  # unequal rounding of an equal pair
+        dd = 0.0
+    return _from_sums(aa, bb, dd, ss)
+
+
+_KERNELS = None
+
+
+def _compiled_kernels():
+    """The three loops below compiled (once per process, cached on disk); numba imported here.
+
+    They are separate functions: compiled as one, the two summing loops ran half as fast.
+    """
+    global _KERNELS
+    if _KERNELS is None:
+        import numba
+
+        # reassoc lets the compiler vectorise the sums (several partial sums, no less
+        # accurate); no other fast-math, so NaN and infinity propagate and x·c − x·c is 0
+        jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+        _KERNELS = jit(_squared_norms), jit(_same), jit(_normalised_sums)
+    return _KERNELS
+
+
+def _squared_norms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Pass 1: |a|² and |b|² in float64 (squares of float32 values are exact there)."""
+    aa = bb = 0.0
+    for i in range(a.size):
+        x, y = np.float64(a[i]), np.float64(b[i])
+        aa += x * x
+        bb += y * y
+    return aa, bb
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a == b element by element, in blocks, stopping after the first unequal one."""
+    block = 4096
+    for start in range(0, a.size, block):
+        unequal = 0
+        for i in range(start, min(start + block, a.size)):
+            unequal += a[i] != b[i]
+        if unequal:
+            return False
+    return True
+
+
+def _normalised_sums(a: np.ndarray, b: np.ndarray, ia: float, ib: float) -> tuple[float, float]:
+    """Pass 2: |â−b̂|² and |â+b̂|² in float64, with â = a·ia, b̂ = b·ib (ia = 1/|a|)."""
+    dd = ss = 0.0
+    for i in range(a.size):
+        x, y = np.float64(a[i]) * ia, np.float64(b[i]) * ib
+        d, s = x - y, x + y
+        dd += d * d
+        ss += s * s
+    return dd, ss
+
+
+def angle_from_products(ab: float, aa: float, bb: float) -> float:
+    """Degrees from the inner products ⟨a,b⟩, |a|², |b|²; NaN when either vector is zero.
+
+    Computed as atan2(sqrt(|a|²|b|² − ⟨a,b⟩²), ⟨a,b⟩) with the difference formed exactly
+    (the products are split into exact double-float pairs), so this adds no rounding error
+    that matters: the result is as accurate as the products given. That is the limit of any
+    formula on products: near 0° (and 180°) |a|²|b|² − ⟨a,b⟩² ≈ θ²|a|²|b|² is a difference of
+    nearly equal numbers, so a relative error ε in the products becomes a relative error of
+    about ε/θ² in θ. Products accumulated in float64 from float32 data (ε ≈ 1e-15, as the
+    weight sweep does) give about 1e-7 relative at 0.01°; float32 products (ε ≈ 1e-7) are
+    useless below about 1°. Where the vectors themselves are at hand, use ``angle``.
+    """
+    if not (0 < aa < math.inf and 0 < bb < math.inf and math.isfinite(ab)):
+        return math.nan
+    # scale by powers of two (exact) so that nothing below can overflow or underflow
+    ea, eb = math.frexp(aa)[1] & ~1, math.frexp(bb)[1] & ~1
+    aa, bb, ab = math.ldexp(aa, -ea), math.ldexp(bb, -eb), math.ldexp(ab, -(ea + eb) // 2)
+    p, p_err = _two_product(aa, bb)
+    q, q_err = _two_product(ab, ab)
+    sin_sq = max((p - q) + (p_err - q_err), 0.0)  # p − q is exact where it cancels
+    return math.degrees(math.atan2(math.sqrt(sin_sq), ab))
+
+
+def _two_product(x: float, y: float) -> tuple[float, float]:
+    """x·y as p + e exactly, p = fl(x·y) (Dekker; |x|, |y| ≤ 4 here, so no overflow)."""
+    p = x * y
+    xh, xl = _split(x)
+    yh, yl = _split(y)
+    return p, ((xh * yh - p) + xh * yl + xl * yh) + xl * yl
+
+
+def _split(x: float) -> tuple[float, float]:
+    t = 134217729.0 * x  # 2^27 + 1 (Veltkamp)
+    hi = t - (t - x)
+    return hi, x - hi
+
+
+def gram_angle(rule_delta: torch.Tensor, bp_delta: torch.Tensor, x: torch.Tensor) -> float:
+    """Angle between the weight gradients G₁ = δ₁ᵀx and G₂ = δ₂ᵀx, in degrees, unformed.
+
+    A Linear layer's gradient over the R rows of a batch is G = δᵀx (δ: R × n_out, x:
+    R × n_in), so with the R×R Gram matrix K = x xᵀ, ⟨δ₁ᵀx, δ₂ᵀx⟩ = Σ δ₁ ∘ (K δ₂). With
+    n₁ = |G₁| = sqrt(Σ δ₁ ∘ Kδ₁) (n₂ likewise), d = δ₁/n₁ − δ₂/n₂ and s = δ₁/n₁ + δ₂/n₂ give
+    |Ĝ₁ − Ĝ₂|² = Σ d ∘ Kd and |Ĝ₁ + Ĝ₂|² = Σ s ∘ Ks, and the angle is 2·atan2 of their roots:
+    stable near 0° like ``angle``, since rounding in K enters Σ d ∘ Kd in proportion to |d|².
+    Only the smaller of the two needs that care: the other is at least 2 and is taken as 4
+    minus it (|Ĝ₁ − Ĝ₂|² + |Ĝ₁ + Ĝ₂|² = 4), which saves a product with K. K and everything
+    after it are float64, on the tensors' device, with one transfer to the host.
+
+    Equal deltas give exactly 0.0 without the Gram matrix (NaN there only when the delta or x
+    is all zero or not finite; a nonzero δ whose gradient δᵀx is zero is not looked for).
+    Otherwise NaN when either gradient is zero or not finite.
+    """
+    rows = x.shape[0]
+    d1 = rule_delta.detach().reshape(rows, -1)
+    d2 = bp_delta.detach().reshape(rows, -1)
+    if d1.shape != d2.shape:
+        raise ValueError(f"gram_angle of deltas shaped {tuple(d1.shape)} and {tuple(d2.shape)}")
+    if torch.equal(d1, d2):  # same error, same input: the same gradient
+        sums = host_floats(d1.abs().sum(dtype=torch.float64), x.abs().sum(dtype=torch.float64))
+        return 0.0 if all(0 < v < math.inf for v in sums) else math.nan
+    x64 = x.detach().reshape(rows, -1).to(torch.float64)
+    gram = x64 @ x64.T
+    d1, d2 = d1.to(torch.float64), d2.to(torch.float64)
+    n = d1.shape[1]
+    k = gram @ torch.cat([d1, d2], dim=1)
+    sq1, sq2 = torch.sum(d1 * k[:, :n]), torch.sum(d2 * k[:, n:])
+    cross = torch.sum(d1 * k[:, n:])  # its sign says which of Ĝ₁ ∓ Ĝ₂ is the shorter
+    v = d1 / sq1.sqrt() - d2 * (torch.where(cross < 0, -1.0, 1.0) / sq2.sqrt())
+    vv = torch.sum(v * (gram @ v))
+    sq1, sq2, cross, vv = host_floats(sq1, sq2, cross, vv)
+    if not (0 < sq1 < math.inf and 0 < sq2 < math.inf):
+        return math.nan
+    vv = min(max(vv, 0.0), 2.0)
+    dd, ss = (4.0 - vv, vv) if cross < 0 else (vv, 4.0 - vv)
+    return _from_sums(sq1, sq2, dd, ss)

@@ -1,0 +1,79 @@
+"""Sign-concordant feedback (Liao, Leibo & Poggio 2016): B shares W's signs, not its sizes.
+
+Three variants, as biotorch defines them: ``usf`` B = sign(W) times one scale per layer;
+``brsf`` B = |M| sign(W) with M redrawn every step; ``frsf`` the same with M fixed. W changes
+every step, so B is renewed after every step (and whenever W changes otherwise). The scale is
+the standard deviation of W's init distribution (times ``rule.scale``), and M is drawn from
+that distribution, so B starts as large as FA's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..feedback import FeedbackLayer, feedback_layers
+from .base import Rule, random_like
+
+
+class UniformSignFeedback(Rule):
+    name = "usf"
+
+    def attach(
+        self, model: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]
+    ) -> None:
+        layers = feedback_layers(model)
+        for layer in layers.values():
+            layer.feedback = torch.empty_like(layer.weight.detach())
+            self._fix(layer, generator)
+        self.refresh(layers)
+
+    def _fix(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
+        """Draw what stays fixed for the whole run (frsf's M)."""
+
+    def _magnitude(self, layer: FeedbackLayer) -> torch.Tensor | float:
+        """|B| for the next B: one number per layer here, random in the variants below."""
+        return layer.init_bound() * self.config.scale / 3**0.5
+
+    @torch.no_grad()
+    def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
+        for layer in layers.values():
+            torch.sign(layer.weight, out=layer.feedback)
+            layer.feedback.mul_(self._magnitude(layer))
+
+    def after_step(self, layers, optimizer) -> None:
+        self.refresh(layers)
+
+
+class FixedRandomSignFeedback(UniformSignFeedback):
+    """M drawn once, from the init generator (a buffer, so checkpoints keep it)."""
+
+    name = "frsf"
+
+    def _fix(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
+        w = layer.weight
+        bound = layer.init_bound() * self.config.scale
+        m = random_like(w.shape, bound, self.config.distribution, generator).abs()
+        layer.register_buffer("feedback_magnitude", m.to(dtype=w.dtype, device=w.device))
+
+    def _magnitude(self, layer: FeedbackLayer) -> torch.Tensor:
+        return layer.feedback_magnitude
+
+
+class BatchRandomSignFeedback(UniformSignFeedback):
+    """M redrawn for every step, from the rule's own generator."""
+
+    name = "brsf"
+
+    def __init__(self, config, seed: int):
+        super().__init__(config, seed)
+        self.draws = torch.Generator().manual_seed(seed + 3)
+
+    def _magnitude(self, layer: FeedbackLayer) -> torch.Tensor:
+        w = layer.weight
+        bound = layer.init_bound() * self.config.scale
+        m = random_like(w.shape, bound, self.config.distribution, self.draws)
+        return m.abs().to(dtype=w.dtype, device=w.device)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"draws": self.draws}
