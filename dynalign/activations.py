@@ -17,6 +17,9 @@ from .config import ConfigError
 class MixedReLU(nn.Module):
     """``s * relu(s * z)`` with one fixed sign per unit along dim 1 (per channel for conv)."""
 
+    #: built per layer as ``MixedReLU(units, excitatory_fraction, generator)`` by
+    #: ``models.mlp.make_activation`` (activations without per-unit state take no arguments)
+    per_unit = True
     sign: torch.Tensor
 
     def __init__(

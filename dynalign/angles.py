@@ -177,7 +177,20 @@ def _split(x: float) -> tuple[float, float]:
     return hi, x - hi
 
 
-def gram_angle(rule_delta: torch.Tensor, bp_delta: torch.Tensor, x: torch.Tensor) -> float:
+def gram_matrix(x: torch.Tensor) -> torch.Tensor:
+    """K = x xᵀ of a layer's input rows: formed by BLAS in the run's precision (its relative
+    rounding, ~1e-7 in float32, reaches the angles only as ~1e-9 of their size), kept in
+    float64 for the products that follow."""
+    rows = x.detach().reshape(x.shape[0], -1)
+    return (rows @ rows.T).to(torch.float64)
+
+
+def gram_angle(
+    rule_delta: torch.Tensor,
+    bp_delta: torch.Tensor,
+    x: torch.Tensor,
+    gram: torch.Tensor | None = None,
+) -> float:
     """Angle between the weight gradients G₁ = δ₁ᵀx and G₂ = δ₂ᵀx, in degrees, unformed.
 
     A Linear layer's gradient over the R rows of a batch is G = δᵀx (δ: R × n_out, x:
@@ -186,8 +199,9 @@ def gram_angle(rule_delta: torch.Tensor, bp_delta: torch.Tensor, x: torch.Tensor
     |Ĝ₁ − Ĝ₂|² = Σ d ∘ Kd and |Ĝ₁ + Ĝ₂|² = Σ s ∘ Ks, and the angle is 2·atan2 of their roots:
     stable near 0° like ``angle``, since rounding in K enters Σ d ∘ Kd in proportion to |d|².
     Only the smaller of the two needs that care: the other is at least 2 and is taken as 4
-    minus it (|Ĝ₁ − Ĝ₂|² + |Ĝ₁ + Ĝ₂|² = 4), which saves a product with K. K and everything
-    after it are float64, on the tensors' device, with one transfer to the host.
+    minus it (|Ĝ₁ − Ĝ₂|² + |Ĝ₁ + Ĝ₂|² = 4), which saves a product with K. K comes from
+    ``gram_matrix`` (pass ``gram`` where it is already formed); everything after it is
+    float64, on the tensors' device, with one transfer to the host.
 
     Equal deltas give exactly 0.0 without the Gram matrix (NaN there only when the delta or x
     is all zero or not finite; a nonzero δ whose gradient δᵀx is zero is not looked for).
@@ -201,8 +215,8 @@ def gram_angle(rule_delta: torch.Tensor, bp_delta: torch.Tensor, x: torch.Tensor
     if torch.equal(d1, d2):  # same error, same input: the same gradient
         sums = host_floats(d1.abs().sum(dtype=torch.float64), x.abs().sum(dtype=torch.float64))
         return 0.0 if all(0 < v < math.inf for v in sums) else math.nan
-    x64 = x.detach().reshape(rows, -1).to(torch.float64)
-    gram = x64 @ x64.T
+    if gram is None:
+        gram = gram_matrix(x)
     d1, d2 = d1.to(torch.float64), d2.to(torch.float64)
     n = d1.shape[1]
     k = gram @ torch.cat([d1, d2], dim=1)

@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, _suggest
+from .registry import BATCH_NORMS
 
-BATCH_NORM_KINDS = ("standard", "noaffine", "running_prev", "running_incl")
+#: the variants that build a module (every name of ``registry.BATCH_NORMS`` but "none")
+BATCH_NORM_KINDS = tuple(name for name, entry in BATCH_NORMS.entries.items() if entry.target)
 
 
 class _RunningNorm(nn.Module):
@@ -59,6 +61,9 @@ class _RunningNorm(nn.Module):
 
 class BatchNorm(_RunningNorm):
     """Normalise with the batch's own statistics (``affine``: then scale by γ, shift by β)."""
+
+    #: the arguments of each ``model.batch_norm`` name registered to this class
+    variants = {"standard": {"affine": True}, "noaffine": {"affine": False}}
 
     def __init__(
         self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True
@@ -95,6 +100,12 @@ class RunningStatsBatchNorm(_RunningNorm):
     ``include_current=False``: the statistics of previous batches (constants), updated after.
     ``include_current=True``: updated first, so the current batch's share carries gradient.
     """
+
+    #: the arguments of each ``model.batch_norm`` name registered to this class
+    variants = {
+        "running_prev": {"include_current": False},
+        "running_incl": {"include_current": True},
+    }
 
     def __init__(
         self,
@@ -138,15 +149,10 @@ def make_batch_norm(kind: str, num_features: int, momentum: float = 0.1) -> nn.M
             f"batch-norm momentum={momentum!r} must lie between 0 and 1; set "
             "model.bn_momentum to e.g. 0.1"
         )
-    if kind == "standard":
-        return BatchNorm(num_features, momentum, affine=True)
-    if kind == "noaffine":
-        return BatchNorm(num_features, momentum, affine=False)
-    if kind == "running_prev":
-        return RunningStatsBatchNorm(num_features, momentum, include_current=False)
-    if kind == "running_incl":
-        return RunningStatsBatchNorm(num_features, momentum, include_current=True)
-    raise ConfigError(
-        f"unknown batch norm {kind!r}; set model.batch_norm to none or one of "
-        f"{', '.join(BATCH_NORM_KINDS)}"
-    )
+    if kind not in BATCH_NORM_KINDS:
+        raise ConfigError(
+            f"unknown batch norm {kind!r}{_suggest(str(kind), list(BATCH_NORM_KINDS))}; set "
+            f"model.batch_norm to none or one of {', '.join(BATCH_NORM_KINDS)}"
+        )
+    cls = BATCH_NORMS.load(kind)
+    return cls(num_features, momentum, **cls.variants[kind])

@@ -113,8 +113,9 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+#: keys whose values come from a fixed list; the registries' keys (rule.name, model.kind, ...)
+#: are looked up in their registry at the time of checking (see ``choices``)
 CHOICES = {
-    **{registry.key: registry.names() for registry in registries.ALL},
     "rule.distribution": ("uniform", "normal"),
     "train.optimizer": ("sgd", "adam"),
     "data.scaling": ("zscore", "unit", "none"),
@@ -271,11 +272,20 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
         raise ConfigError(f"{key}={value!r} is not a valid {base}; give one, {example}") from None
 
 
+def choices(key: str) -> tuple[str, ...] | None:
+    """The values ``key`` allows, or None where any value of its type does."""
+    for registry in registries.ALL:
+        if registry.key == key:
+            return registry.names()
+    return CHOICES.get(key)
+
+
 def _validate(key: str, value: Any) -> None:
-    if key in CHOICES and value not in CHOICES[key]:
+    allowed = choices(key)
+    if allowed is not None and value not in allowed:
         raise ConfigError(
-            f"{key}={value!r} is not one of: {', '.join(CHOICES[key])}"
-            + _suggest(str(value), list(CHOICES[key]))
+            f"{key}={value!r} is not one of: {', '.join(allowed)}"
+            + _suggest(str(value), list(allowed))
             + f"; set {key} to one of them"
         )
     if value is None:
@@ -456,20 +466,6 @@ def build_config(
 def check_consistency(config: Config) -> None:
     """Combinations of otherwise valid values that cannot run together, or not on this machine."""
     m, d, t = config.model, config.data, config.train
-    if m.kind == "rnn" and m.batch_norm != "none":
-        raise ConfigError(
-            "model.batch_norm is not available for rnn models; set model.batch_norm=none"
-        )
-    if m.kind == "autoencoder" and m.batch_norm != "none":
-        raise ConfigError(
-            "the autoencoder has no batch norm (model.batch_norm would be ignored); set "
-            "model.batch_norm=none"
-        )
-    if m.kind == "rnn" and m.activation not in RNN_ACTIVATIONS:
-        raise ConfigError(
-            f"model.activation={m.activation!r} is not available for rnn models; use one of "
-            f"{', '.join(RNN_ACTIVATIONS)}"
-        )
     if m.kind == "autoencoder" and d.name == "text":
         raise ConfigError("an autoencoder needs image data; set data.name=patches or digits")
     if d.name == "text" and m.kind != "rnn":
@@ -489,6 +485,9 @@ def check_consistency(config: Config) -> None:
             f"an rnn reads text or images row by row, not {d.name} data; set data.name to text "
             f"or one of {', '.join(IMAGE_DATA)}, or model.kind=mlp"
         )
+    problem = model_section_problem(m)
+    if problem:
+        raise ConfigError(problem)
     if d.data_dir is not None and d.name in EMBEDDED_DATA:
         fix = "set data.text_path for a corpus file" if d.name == "text" else "leave it out"
         raise ConfigError(
@@ -522,6 +521,54 @@ def check_consistency(config: Config) -> None:
             f"train.threads={t.threads} exceeds this machine's {cores} CPU cores; lower "
             f"train.threads to at most {cores}"
         )
+
+
+def model_section_problem(m: ModelConfig) -> str | None:
+    """What is wrong with the [model] section for its kind, or None: a key the kind does not
+    read, set away from its default (it would be silently ignored), or an activation the kind
+    does not support. The kind's class (``registry.MODELS``) declares both, in ``reads`` and
+    ``activations``; it is imported here."""
+    if m.kind not in registries.MODELS:
+        kinds = list(registries.MODELS.names())
+        return (
+            f"model.kind={m.kind!r} is not one of: {', '.join(kinds)}"
+            f"{_suggest(str(m.kind), kinds)}; set model.kind to one of them"
+        )
+    model = registries.MODELS.load(m.kind)
+    defaults = ModelConfig()
+    unread = [
+        f.name
+        for f in dataclasses.fields(m)
+        if f.name != "kind"
+        and f.name not in model.reads
+        and getattr(m, f.name) != getattr(defaults, f.name)
+    ]
+    if unread:
+        now = [f"model.{k} (now {_show(getattr(m, k))})" for k in unread]
+        reset = [f"model.{k}={_show(getattr(defaults, k))}" for k in unread]
+        it = "it" if len(unread) == 1 else "them"
+        reads = ", ".join(f"model.{k}" for k in model.reads) or "only model.kind"
+        return (
+            f"remove {_and(now)}, or set {_and(reset)}: the {m.kind} model does not read "
+            f"{it} (it reads {reads})"
+        )
+    if "activation" in model.reads and m.activation not in model.activations:
+        return (
+            f"model.activation={m.activation!r} is not available for {m.kind} models; use one "
+            f"of {', '.join(model.activations)}"
+        )
+    return None
+
+
+def _show(value: Any) -> str:
+    """A config value as ``--set`` takes it: none, text unquoted, lists as [a, b]."""
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _check_last_batch(config: Config) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import schema
-from .angles import angle, angle_from_products, gram_angle
+from .angles import angle, angle_from_products, gram_angle, gram_matrix
 from .reference import Gradients
 from .schema import Variable
 from .weight_step import WeightStep, host_floats, weight_step
@@ -30,6 +30,10 @@ class StepContext:
     """One step as the probes see it, per layer in the order of ``names``."""
 
     step: int
+    model: torch.nn.Module
+    output: torch.Tensor  # the model's output for the minibatch (detached)
+    target: torch.Tensor
+    terms: dict[str, torch.Tensor]  # the model's loss terms ("loss", and any others)
     names: list[str]
     weights: list[torch.Tensor]  # W after the step (and after any sign constraint)
     feedback: list[torch.Tensor | None]  # B after the rule's after_step
@@ -39,6 +43,13 @@ class StepContext:
     constraint_counts: list | None = None  # per layer: crossed, pushed (see constraints)
     _weight_steps: dict[int, WeightStep] = field(default_factory=dict)
     _reference: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    _grams: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def gram(self, i: int) -> torch.Tensor:
+        """K = x xᵀ of layer ``i``'s input rows (float64), formed once per step."""
+        if i not in self._grams:
+            self._grams[i] = gram_matrix(self.gradients.inputs[i])
+        return self._grams[i]
 
     def weight_step(self, i: int) -> WeightStep:
         """Layer ``i``'s reductions over W before, W after and B: one sweep, shared by probes."""
@@ -60,13 +71,13 @@ class StepContext:
             g = self.gradients
             bp_grad = g.bp_grads[i]
             if bp_grad is not None:
-                (sq,) = host_floats(torch.dot(*(bp_grad.reshape(-1).double(),) * 2))
+                (sq,) = host_floats(torch.linalg.vector_norm(bp_grad, dtype=torch.float64) ** 2)
             else:  # the Gram form: |δᵀx|² = ⟨δ, (x xᵀ) δ⟩
-                x, d = g.inputs[i].double(), g.bp_deltas[i].double()
-                (sq,) = host_floats(((x @ x.T) @ d * d).sum())
+                d = g.bp_deltas[i].double()
+                (sq,) = host_floats((self.gram(i) @ d * d).sum())
             norm = math.sqrt(max(sq, 0.0))
-            w = self.weights[i]
-            floor = torch.finfo(w.dtype).eps * float(torch.linalg.vector_norm(w.detach()))
+            eps = torch.finfo(self.weights[i].dtype).eps
+            floor = eps * math.sqrt(self.weight_step(i).weight_sq)
             self._reference[i] = (norm, norm > floor)
         return self._reference[i]
 
@@ -93,6 +104,59 @@ class Probe:
         raise NotImplementedError
 
 
+class ScalarProbe(Probe):
+    """Every step: the minibatch's accuracy and the model's extra loss terms (the trainer
+    records step, epoch, loss and learning rate itself: it needs the loss to stop a run that
+    diverges)."""
+
+    def __init__(self, loss_terms: tuple[str, ...] = ()):
+        super().__init__(every=1)
+        self.terms = loss_terms
+        accuracy = next(v for v in schema.STEP_SCALARS if v.name == "batch_accuracy")
+        self.variables = (accuracy, *map(schema.loss_term, loss_terms))
+
+    def compute(self, ctx: StepContext) -> dict[str, float]:
+        correct, scored = ctx.model.correct(ctx.output, ctx.target)
+        values = {"batch_accuracy": correct / scored if scored else math.nan}
+        for term in self.terms:
+            values[term] = float(ctx.terms[term].detach())
+        return values
+
+
+class SnapshotProbe:
+    """W and B of every layer every ``every`` steps (and, via ``final``, the first and last)."""
+
+    def __init__(self, every: int, layers: dict):
+        self.every, self.layers = every, layers
+        self.last = -1  # the step of the last snapshot (checkpoints keep it)
+
+    def due(self, step: int, final: bool = False) -> bool:
+        return self.last != step and (final or (self.every > 0 and step % self.every == 0))
+
+    def take(self, writer, step: int) -> None:
+        self.last = step
+        weights = {n: layer.weight.detach().cpu().numpy() for n, layer in self.layers.items()}
+        feedback = {
+            n: layer.feedback.cpu().numpy()
+            for n, layer in self.layers.items()
+            if layer.feedback is not None
+        }
+        writer.snapshot(step, weights, feedback)
+
+
+class ReconstructionProbe(SnapshotProbe):
+    """An autoencoder's reconstructions of fixed probe inputs every ``every`` steps."""
+
+    def __init__(self, every: int, model: torch.nn.Module, inputs: torch.Tensor):
+        super().__init__(every, {})
+        self.model, self.inputs = model, inputs
+
+    def take(self, writer, step: int) -> None:
+        self.last = step
+        rec = self.model.reconstruct(self.inputs)
+        writer.reconstruction(step, rec.reshape(len(rec), -1).cpu().numpy())
+
+
 def _variables(*names: str) -> tuple[Variable, ...]:
     return tuple(schema.LAYER_VARIABLES[n] for n in names)
 
@@ -113,7 +177,7 @@ class AngleProbe(Probe):
             if g.bp_grads[i] is not None:
                 update = angle(g.rule_grads[i], g.bp_grads[i])
             else:
-                update = gram_angle(g.rule_deltas[i], g.bp_deltas[i], g.inputs[i])
+                update = gram_angle(g.rule_deltas[i], g.bp_deltas[i], g.inputs[i], ctx.gram(i))
             delta = angle(g.rule_deltas[i], g.bp_deltas[i])
         return [update, delta, self._feedback_angle(ctx, i), norm, float(valid)]
 

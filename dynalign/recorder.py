@@ -2,9 +2,10 @@
 snapshots and autoencoder reconstructions.
 
 The trainer asks ``needs(step)`` before a step (a reference pass only when a due probe needs
-one) and hands the finished step to ``record``. Snapshots (W and B every
-``probes.snapshot_every`` steps, and the first and last) and reconstructions of the probe
-inputs (every ``probes.reconstruction_every`` steps) follow their own schedules.
+one) and hands the finished step to ``record``. Every probe keeps its own schedule: the
+per-layer probes every ``probes.every`` steps, the scalars every step, snapshots of W and B
+every ``probes.snapshot_every`` steps (and the first and last), reconstructions of the probe
+inputs every ``probes.reconstruction_every`` steps (and the first and last).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from .config import Config
 from .feedback import FeedbackLayer
-from .probes import StepContext, step_probes
+from .probes import ReconstructionProbe, ScalarProbe, SnapshotProbe, StepContext, step_probes
 from .store import RunWriter
 
 #: needs that make the forward pass keep each layer's output and input
@@ -21,17 +22,24 @@ CAPTURE = frozenset({"reference", "outputs"})
 
 
 class Recorder:
-    def __init__(self, config: Config, model: torch.nn.Module, layers: dict[str, FeedbackLayer]):
-        self.model, self.layers = model, layers
+    def __init__(
+        self,
+        config: Config,
+        model: torch.nn.Module,
+        layers: dict[str, FeedbackLayer],
+        probe_inputs: torch.Tensor | None = None,
+    ):
         self.writer: RunWriter | None = None
+        self.scalars = ScalarProbe(tuple(getattr(model, "loss_term_names", ())))
         self.probes = step_probes(config.probes.every)
-        self.snapshot_every = config.probes.snapshot_every
-        self.reconstruction_every = config.probes.reconstruction_every
-        self.probe_inputs: torch.Tensor | None = None  # set for autoencoders
-        self.last_snapshot = -1
-        self.last_reconstruction = -1
+        self.snapshots = SnapshotProbe(config.probes.snapshot_every, layers)
+        self.reconstructions = None
+        if probe_inputs is not None:  # an autoencoder's fixed inputs
+            every = config.probes.reconstruction_every
+            self.reconstructions = ReconstructionProbe(every, model, probe_inputs)
 
     def due(self, step: int) -> list:
+        """The per-layer probes due on ``step`` (none without a store to write to)."""
         if self.writer is None:
             return []
         return [p for p in self.probes if p.due(step)]
@@ -40,15 +48,16 @@ class Recorder:
         """Everything the probes due on ``step`` need from it."""
         return frozenset().union(*(p.needs for p in self.due(step)))
 
-    def record(self, row: dict, ctx: StepContext | None) -> None:
+    def record(self, row: dict, ctx: StepContext) -> dict:
         """Complete ``row`` with the due probes' values and write it (and a snapshot when due)."""
+        row.update(self.scalars.compute(ctx))
         if self.writer is None:
-            return
-        if ctx is not None:
-            for probe in self.due(ctx.step):
-                row.update(probe.compute(ctx))
+            return row
+        for probe in self.due(ctx.step):
+            row.update(probe.compute(ctx))
         self.writer.append_step(row)
-        self.take_snapshots(row["step"])
+        self.take_snapshots(ctx.step)
+        return row
 
     def append(self, row: dict) -> None:
         """A row with no probe values (the step that diverged)."""
@@ -59,25 +68,24 @@ class Recorder:
         """W and B, and reconstructions, where their schedules (or the run's end) ask for them."""
         if self.writer is None:
             return
-        every = self.snapshot_every
-        if (final or (every > 0 and step % every == 0)) and self.last_snapshot != step:
-            self._snapshot(step)
-        every = self.reconstruction_every
-        if self.probe_inputs is not None and self.last_reconstruction != step:
-            if final or (every > 0 and step % every == 0):
-                self._reconstruct(step)
+        for probe in (self.snapshots, self.reconstructions):
+            if probe is not None and probe.due(step, final):
+                probe.take(self.writer, step)
 
-    def _snapshot(self, step: int) -> None:
-        self.last_snapshot = step
-        weights = {n: layer.weight.detach().cpu().numpy() for n, layer in self.layers.items()}
-        feedback = {
-            n: layer.feedback.cpu().numpy()
-            for n, layer in self.layers.items()
-            if layer.feedback is not None
+    @property
+    def progress(self) -> dict[str, int]:
+        """The steps of the last snapshot and reconstruction (a checkpoint keeps them)."""
+        rec = self.reconstructions
+        return {
+            "last_snapshot": self.snapshots.last,
+            "last_reconstruction": rec.last if rec is not None else -1,
         }
-        self.writer.snapshot(step, weights, feedback)
 
-    def _reconstruct(self, step: int) -> None:
-        self.last_reconstruction = step
-        rec = self.model.reconstruct(self.probe_inputs)
-        self.writer.reconstruction(step, rec.reshape(len(rec), -1).cpu().numpy())
+    def restore(self, counters: dict) -> None:
+        self.snapshots.last = counters["last_snapshot"]
+        if self.reconstructions is not None:
+            # stores written before reconstructions had their own schedule took them with
+            # the snapshots
+            self.reconstructions.last = counters.get(
+                "last_reconstruction", counters["last_snapshot"]
+            )

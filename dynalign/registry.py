@@ -40,6 +40,15 @@ class Registry:
         """``name: help`` lines, for the CLI's help text."""
         return "; ".join(f"{n}: {e.help}" for n, e in self.entries.items())
 
+    def add(self, name: str, target: str, help: str) -> None:
+        """Register ``name`` (for code outside this package: a rule of your own, say)."""
+        if name in self.entries:
+            raise ValueError(f"{self.key}={name!r} is registered already; choose another name")
+        self.entries[name] = Entry(target, help)
+
+    def remove(self, name: str) -> None:
+        self.entries.pop(name, None)
+
     def load(self, name: str) -> Any:
         """The implementation registered under ``name`` (imported now)."""
         module, _, attribute = self.entries[name].target.partition(":")

@@ -73,7 +73,10 @@ class Trainer:
         self.names = list(self.layers)
         self.optimizer = make_optimizer(config, rule.trainable(model))
         self.params = list(model.parameters())
-        self.recorder = Recorder(config, model, self.layers)
+        probe_inputs = None
+        if hasattr(model, "reconstruct"):
+            probe_inputs = data.x_val[: config.probes.n_probe_inputs].to(self.device)
+        self.recorder = Recorder(config, model, self.layers, probe_inputs)
         self.writer = writer
         self.progress = progress
         self.step = 0
@@ -89,10 +92,6 @@ class Trainer:
         # to the store (a half-done flush would lose rows it had already taken)
         self.interruptible = False
         self.shuffle = torch.Generator().manual_seed(config.train.seed + 2)
-        self.extra_terms = tuple(getattr(model, "loss_term_names", ()))
-        if hasattr(model, "reconstruct"):
-            n_probe = config.probes.n_probe_inputs
-            self.recorder.probe_inputs = data.x_val[:n_probe].to(self.device)
 
     @property
     def writer(self) -> RunWriter | None:
@@ -111,10 +110,9 @@ class Trainer:
             row, ctx = self._train_step(x, y)
         finally:
             self.interruptible = False
-        self.recorder.record(row, ctx)
-        return row
+        return self.recorder.record(row, ctx)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, StepContext | None]:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, StepContext]:
         needs = self.recorder.needs(self.step)
         layers = list(self.layers.values())
         capture = bool(needs & CAPTURE)
@@ -154,14 +152,12 @@ class Trainer:
             counts = self.constraint.project(self.optimizer)
         self.rule.after_step(self.layers, self.optimizer)
 
-        correct, scored = self.model.correct(out.detach(), y)
-        row["batch_accuracy"] = correct / scored if scored else math.nan
-        for term in self.extra_terms:
-            row[term] = float(terms[term].detach())
-        if not needs and not self.recorder.due(self.step):
-            return row, None
         ctx = StepContext(
             step=self.step,
+            model=self.model,
+            output=out.detach(),
+            target=y,
+            terms=terms,
             names=self.names,
             weights=[w.detach() for w in weights],
             feedback=[layer.feedback for layer in layers],
@@ -207,8 +203,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch": self.batch,
             "epoch_done": epoch_done,
-            "last_snapshot": self.recorder.last_snapshot,
-            "last_reconstruction": self.recorder.last_reconstruction,
+            **self.recorder.progress,
             "final": self.final,
         }
         checkpoint.save(self.writer, arrays, counters)
@@ -228,11 +223,7 @@ class Trainer:
         order = checkpoint.restore(self.model, self.optimizer, self._generators(), arrays)
         self.order = order.to(self.device) if order is not None else None
         self.step = counters["step"]
-        self.recorder.last_snapshot = counters["last_snapshot"]
-        # stores written before reconstructions had their own schedule took them with snapshots
-        self.recorder.last_reconstruction = counters.get(
-            "last_reconstruction", counters["last_snapshot"]
-        )
+        self.recorder.restore(counters)
         self.epoch, self.batch = counters["epoch"], counters["batch"]
         self.final = dict(counters["final"])
         if counters["epoch_done"]:

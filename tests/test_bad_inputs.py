@@ -22,6 +22,8 @@ from cli.main import cli
 
 #: appended to every `record` case: small, so that a case that slipped through would be quick
 SMALL = ["--set", "train.epochs=1", "--set", "data.n_train=100", "--set", "model.width=16"]
+#: SMALL for a convnet, which has channels, not a width (a model refuses keys it does not read)
+SMALL_CONVNET = [*SMALL[:-1], "model.channels=4,8"]
 TINY_RUN = [*SMALL, "--set", "data.n_val=50", "--quiet"]
 
 
@@ -191,8 +193,21 @@ CASES = [
     Case(
         "autoencoder-bn",
         [*R, "--model", "autoencoder", *_s("batch_norm=standard")],
-        "has no batch norm",
-        "set model.batch_norm=none",
+        "the autoencoder model does not read it",
+        "remove model.batch_norm (now standard), or set model.batch_norm=none",
+    ),
+    Case(
+        "autoencoder-activation",
+        [*R, "--model", "autoencoder", "--dataset", "patches", *_s("activation=sigmoid")],
+        "the autoencoder model does not read it",
+        "remove model.activation (now sigmoid), or set model.activation=relu",
+    ),
+    Case("convnet-width", [*R, *CONVNET, "--width", "16"], "does not read it", "model.width=512"),
+    Case(
+        "rnn-depth-and-bn",
+        [*R, *TEXT, "--depth", "2", *_s("batch_norm=standard")],
+        "the rnn model does not read them",
+        "remove model.depth (now 2) and model.batch_norm (now standard)",
     ),
     Case(
         "bn-last-batch-of-one",
@@ -642,7 +657,8 @@ def test_bad_input_is_one_clean_error(case, tmp_path, stores):
     args = [a.format(tmp=tmp_path, **stores) for a in case.args]
     out = tmp_path / "out.zarr"
     if case.record:  # the case's own values come after SMALL, so they win
-        args = ["record", *SMALL, *args[1:], "--quiet", "--out", str(out)]
+        small = SMALL_CONVNET if "convnet" in args else SMALL
+        args = ["record", *small, *args[1:], "--quiet", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     text = result.output
     assert "Traceback" not in text and not isinstance(result.exception, AssertionError)

@@ -64,7 +64,6 @@ CONFIGS = {
         "model.kind=autoencoder",
         "data.name=patches",
         "model.code_size=16",
-        "model.activation=sigmoid",
         "model.sparsity_target=0.1",
         "model.sparsity_weight=0.1",
         "train.optimizer=adam",

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from dynalign import open_run
 from dynalign.config import build_config, preset_description, preset_names
+from dynalign.models import model_class
 from dynalign.probes import probe_variables
 
 TINY = [
@@ -22,8 +23,6 @@ TINY = [
     "--set",
     "data.n_val=32",
     "--set",
-    "model.width=16",
-    "--set",
     "probes.snapshot_every=1",
     "--set",
     "probes.reconstruction_every=1",
@@ -31,6 +30,14 @@ TINY = [
     "train.batch_size=32",
     "--quiet",
 ]
+
+
+def shrink(kind: str) -> list[str]:
+    """A small model of ``kind``: its width, or its channels where it has no width (a kind
+    refuses a key it does not read)."""
+    small = "model.width=16" if "width" in model_class(kind).reads else "model.channels=4,8"
+    return ["--set", small]
+
 
 EXPECTED_LAYERS = {
     "mlp": None,  # fc1 .. fc{depth+1}
@@ -80,12 +87,13 @@ def test_presets_command_lists_each_with_a_line():
 @pytest.mark.parametrize("name", preset_names())
 def test_preset_runs_and_records(tmp_path, name):
     out = tmp_path / f"{name}.zarr"
-    result = CliRunner().invoke(cli, ["record", "--preset", name, "--out", str(out), *TINY])
+    preset = build_config(preset=name)
+    tiny = [*TINY, *shrink(preset.model.kind)]
+    result = CliRunner().invoke(cli, ["record", "--preset", name, "--out", str(out), *tiny])
     assert result.exit_code == 0, result.output
     assert f"store: {out}" in result.output
     tree = open_run(out)
     config = json.loads(tree.attrs["config"])
-    preset = build_config(preset=name)
     assert config["rule"]["name"] == preset.rule.name
     assert config["model"]["kind"] == preset.model.kind
     assert config["train"]["epochs"] == 1  # --set wins over the preset
@@ -95,10 +103,14 @@ def test_preset_runs_and_records(tmp_path, name):
     steps = tree["steps"].ds
     for v in probe_variables():
         assert steps[v.name].dims == ("step", "layer")
-    assert np.isfinite(steps.update_angle.isel(step=0)).all()
+    live = layers[-1:] if preset.rule.name == "frozen" else layers  # frozen: no hidden update
+    assert np.isfinite(steps.update_angle.isel(step=0).sel(layer=live)).all()
     for layer in layers:
         snap = tree[f"snapshots/{layer}"].ds
-        assert ("feedback" in snap) == (preset.rule.name == "fa")
+        # every rule but bp keeps a B per layer; the head-only control only the read-out's (zero)
+        rule = preset.rule.name
+        has_b = rule != "bp" and (rule != "frozen" or layer == layers[-1])
+        assert ("feedback" in snap) == has_b
         if preset.constraint.sign != "none":
             sign = snap["sign"].values
             w = snap.weight.values

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -72,3 +74,95 @@ def test_weight_step_equals_a_direct_computation(dtype):
     without = weight_step(before, after, None)
     assert without.feedback_dot is None and without.feedback_sq is None
     assert float(without.weight_sq) == pytest.approx(float(got.weight_sq), rel=1e-12)
+
+
+def _probe_step(rule: str, rows: int = 8, seed: int = 0):
+    """One real step of a small tanh MLP: the probe context, and the tensors to check it by."""
+    from dynalign.feedback import feedback_layers
+    from dynalign.models import MLP
+    from dynalign.probes import StepContext
+    from dynalign.reference import backward, start_capture
+    from dynalign.rules import attach_rule, make_rule
+
+    torch.manual_seed(seed)
+    net = MLP(20, 4, depth=2, width=30, activation="tanh")
+    attach_rule(net, make_rule(rule), torch.Generator().manual_seed(seed), (20,))
+    layers = feedback_layers(net)
+    x, y = torch.randn(rows, 20), torch.randint(0, 4, (rows,))
+    params = list(net.parameters())
+    start_capture(list(layers.values()))
+    out = net(x)
+    terms = net.loss_terms(out, x, y)
+    grads = backward(terms["loss"], params, list(layers.values()), reference=True)
+    weights = [m.weight.detach() for m in layers.values()]
+    ctx = StepContext(
+        step=1,
+        model=net,
+        output=out.detach(),
+        target=y,
+        terms=terms,
+        names=list(layers),
+        weights=weights,
+        feedback=[m.feedback for m in layers.values()],
+        routed=[m.route is not None for m in layers.values()],
+        gradients=grads,
+        weights_before=[w.clone() for w in weights],
+    )
+    return net, layers, x, y, ctx
+
+
+@pytest.mark.parametrize("rows", [8, 200])  # the Gram form, and gradients formed by autograd
+def test_gradient_norm_is_the_backprop_gradients_norm(rows):
+    from dynalign.probes import AngleProbe
+
+    net, layers, x, y, ctx = _probe_step("fa", rows)
+    # the true gradient: autograd through the same net written out in float64
+    h = x.double()
+    ws = [m.weight.detach().double().requires_grad_() for m in layers.values()]
+    for i, (w, m) in enumerate(zip(ws, layers.values(), strict=True)):
+        h = h @ w.T + m.bias.detach().double()
+        if i < len(ws) - 1:
+            h = torch.tanh(h)
+    loss = torch.nn.functional.cross_entropy(h, y)
+    true = torch.autograd.grad(loss, ws)
+    values = AngleProbe(1).compute(ctx)
+    expected = [float(g.norm()) for g in true]
+    assert values["gradient_norm"] == pytest.approx(expected, rel=1e-5)
+    assert list(values["reference_valid"]) == [1.0, 1.0, 1.0]
+
+
+def test_angles_are_nan_where_the_true_gradient_is_below_the_floor():
+    from dynalign.probes import AngleProbe
+
+    net, layers, x, y, ctx = _probe_step("fa", 200)
+    # the second layer's true gradient at the rounding of its weights: no angle is defined
+    w = ctx.weights[1]
+    tiny = torch.full_like(w, 1e-3 * torch.finfo(w.dtype).eps * float(w.norm()) / w.numel())
+    ctx.gradients.bp_grads[1] = tiny
+    values = AngleProbe(1).compute(ctx)
+    assert values["reference_valid"][1] == 0.0
+    assert math.isnan(values["update_angle"][1]) and math.isnan(values["delta_angle"][1])
+    assert values["gradient_norm"][1] == pytest.approx(float(tiny.norm()), rel=1e-6)
+    assert values["reference_valid"][0] == 1.0 and not math.isnan(values["update_angle"][0])
+
+
+def test_activation_rms_is_the_rms_of_each_layers_output():
+    from dynalign.probes import ActivationProbe
+
+    net, layers, x, y, ctx = _probe_step("bp")
+    h, expected = x, []
+    for i, m in enumerate(layers.values()):
+        h = torch.nn.functional.linear(h, m.weight, m.bias)
+        expected.append(float(h.detach().double().square().mean().sqrt()))
+        h = torch.tanh(h) if i < len(layers) - 1 else h
+    got = ActivationProbe(1).compute(ctx)["activation_rms"]
+    assert list(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_dfa_has_no_feedback_angle_for_hidden_layers():
+    from dynalign.probes import AngleProbe
+
+    net, layers, x, y, ctx = _probe_step("dfa", 8)
+    fb = AngleProbe(1).compute(ctx)["feedback_angle"]
+    assert math.isnan(fb[0]) and math.isnan(fb[1])  # B is (outputs, in): no angle to W
+    assert 0 < fb[2] < 180  # the read-out's B has W's shape

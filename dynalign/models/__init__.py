@@ -1,18 +1,21 @@
-"""Model zoo: ``build(config, dataset)`` makes the network a run trains."""
+"""Model zoo: ``build(config, dataset)`` makes the network a run trains.
+
+Each kind is one file here and one line in ``dynalign.registry.MODELS``; its class (a
+:class:`Network`) declares the ``[model]`` keys it reads and builds and sizes itself from them,
+so nothing below depends on which kind it is. Only the kind a run asks for is imported.
+"""
 
 from __future__ import annotations
-
-import math
-from itertools import pairwise
 
 import torch
 
 from ..config import Config, ConfigError
 from ..memory import too_large
+from ..registry import MODELS
 from .base import Network
 from .mlp import MLP
 
-__all__ = ["Network", "MLP", "build", "check_fits", "estimate_bytes"]
+__all__ = ["Network", "MLP", "build", "check_fits", "estimate_bytes", "model_class"]
 
 #: float32 copies of the weights a run holds: W, its gradient, the true gradient of a probe
 #: step, W before the step, a host snapshot; FA adds B, the optimiser its state
@@ -21,37 +24,20 @@ WEIGHT_COPIES = 5
 ACTIVATION_COPIES = 4
 
 
-def _layers(config: Config, input_shape: tuple[int, ...], n_outputs: int) -> tuple[int, int]:
-    """(weights, units per sample) of the model ``config`` asks for: what memory scales with."""
-    m = config.model
-    n_in = math.prod(input_shape)
-    if m.kind == "mlp":
-        sizes = [n_in] + [m.width] * m.depth + [n_outputs]
-        weights = sum((a + 1) * b for a, b in pairwise(sizes))
-        return weights, sum(sizes)
-    if m.kind == "convnet":
-        from .convnet import block_shapes
-
-        shapes = block_shapes(input_shape, m.channels, m.kernel_size)
-        weights, units = 0, n_in
-        for (c_in, h, w), (c_out, _, _) in pairwise(shapes):
-            weights += (c_in * m.kernel_size**2 + 1) * c_out
-            units += 2 * c_out * h * w  # the convolution's output, before the pool
-        return weights + (math.prod(shapes[-1]) + 1) * n_outputs, units
-    if m.kind == "rnn":
-        steps = input_shape[0] if len(input_shape) == 1 else input_shape[-2]
-        features = n_outputs if len(input_shape) == 1 else n_in // max(steps, 1)
-        weights = (features + 1) * m.width + m.width**2 + (m.width + 1) * n_outputs
-        return weights, steps * (features + m.width + n_outputs)
-    sizes = [n_in, m.width, m.code_size, n_in]  # autoencoder
-    weights = sum((a + 1) * b for a, b in pairwise(sizes))
-    return weights, sum(sizes)
+def model_class(kind: str) -> type[Network]:
+    """The Network subclass registered as ``model.kind=kind`` (imported now)."""
+    if kind not in MODELS:
+        raise ConfigError(
+            f"unknown model kind {kind!r}; set model.kind to one of {', '.join(MODELS.names())}"
+        )
+    return MODELS.load(kind)
 
 
 def estimate_bytes(config: Config, input_shape: tuple[int, ...], n_outputs: int) -> int:
     """Rough bytes a run of this model needs: weights (with B, gradients, optimiser state,
     probe and snapshot copies) plus the activity of a minibatch (and of an evaluation batch)."""
-    weights, units = _layers(config, input_shape, n_outputs)
+    model = model_class(config.model.kind)
+    weights, units = model.size(config.model, input_shape, n_outputs)
     t = config.train
     optimiser = 2 if t.optimizer == "adam" else int(t.momentum > 0)
     copies = WEIGHT_COPIES + (config.rule.name != "bp") + optimiser
@@ -59,22 +45,12 @@ def estimate_bytes(config: Config, input_shape: tuple[int, ...], n_outputs: int)
     return 4 * (weights * copies + batch * units * ACTIVATION_COPIES)
 
 
-def _what_to_lower(config: Config) -> str:
-    m = config.model
-    if m.kind == "convnet":
-        return f"lower model.channels (now {m.channels}) or train.batch_size"
-    if m.kind == "autoencoder":
-        return f"lower model.width (now {m.width}) or model.code_size (now {m.code_size})"
-    if m.kind == "rnn":
-        return f"lower model.width (now {m.width}) or train.batch_size"
-    return f"lower model.width (now {m.width}) or model.depth (now {m.depth})"
-
-
 def check_fits(config: Config, input_shape: tuple[int, ...], n_outputs: int) -> None:
     """ConfigError when the model cannot fit in the memory of its device, before allocating."""
     problem = too_large(estimate_bytes(config, input_shape, n_outputs), config.train.device)
     if problem:
-        raise ConfigError(f"the {config.model.kind} model {problem}; {_what_to_lower(config)}")
+        hint = model_class(config.model.kind).what_to_lower(config.model)
+        raise ConfigError(f"the {config.model.kind} model {problem}; {hint}")
 
 
 def build(
@@ -85,49 +61,12 @@ def build(
     Shapes and memory are checked first: a model that cannot work or fit is refused with a
     ConfigError before any of it is allocated.
     """
-    m = config.model
-    if n_outputs < 1 and m.kind != "autoencoder":
+    model = model_class(config.model.kind)
+    if n_outputs < 1 and model.needs_labels:
+        unlabelled = [k for k in MODELS.names() if not model_class(k).needs_labels]
         raise ConfigError(
             f"the data has no classes to predict (n_outputs={n_outputs}); choose labelled "
-            "data or set model.kind=autoencoder"
+            f"data or set model.kind={' or '.join(unlabelled)}"
         )
     check_fits(config, input_shape, n_outputs)
-    if m.kind == "mlp":
-        return MLP(
-            math.prod(input_shape),
-            n_outputs,
-            m.depth,
-            m.width,
-            m.activation,
-            m.batch_norm,
-            m.bn_momentum,
-            m.excitatory_fraction,
-            generator,
-        )
-    if m.kind == "convnet":
-        from .convnet import ConvNet
-
-        return ConvNet(
-            input_shape,
-            n_outputs,
-            m.channels,
-            m.kernel_size,
-            m.activation,
-            m.batch_norm,
-            m.bn_momentum,
-            m.excitatory_fraction,
-            generator,
-        )
-    if m.kind == "rnn":
-        from .rnn import RNN
-
-        return RNN(input_shape, n_outputs, m.width, m.activation)
-    if m.kind == "autoencoder":
-        from .autoencoder import SparseAutoencoder
-
-        return SparseAutoencoder(
-            math.prod(input_shape), m.width, m.code_size, m.sparsity_target, m.sparsity_weight
-        )
-    raise ConfigError(
-        f"unknown model kind {m.kind!r}; set model.kind to mlp, convnet, rnn or autoencoder"
-    )
+    return model.from_config(config.model, input_shape, n_outputs, generator)

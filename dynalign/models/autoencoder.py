@@ -11,11 +11,18 @@ two terms separately (``loss_term_names``) is what lets the analyses show that.
 
 from __future__ import annotations
 
+import math
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..config import ConfigError
 from ..feedback import Linear
 from .base import Network
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 #: rho_hat is clamped into (EPS, 1 - EPS) so that saturated units give a finite penalty
 EPS = 1e-6
@@ -31,6 +38,9 @@ class SparseAutoencoder(Network):
     """fc1 (n_inputs -> width) -> fc2 (width -> code_size) -> fc3 (code_size -> n_inputs)."""
 
     loss_term_names = ("recon_loss", "sparsity_loss")
+    #: no activation, batch norm or depth: the layers and their sigmoids are fixed
+    reads = ("width", "code_size", "sparsity_target", "sparsity_weight")
+    needs_labels = False
 
     def __init__(
         self,
@@ -65,6 +75,34 @@ class SparseAutoencoder(Network):
         self.fc3 = Linear(code_size, n_inputs)
         #: hidden activations (fc1, fc2 layers) of the last ``forward``, for the sparsity term
         self.hidden: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        model_config: ModelConfig,
+        input_shape: tuple[int, ...],
+        n_outputs: int,
+        generator: torch.Generator | None = None,
+    ) -> SparseAutoencoder:
+        """n_outputs is ignored: the output is the input's reconstruction."""
+        m = model_config
+        return cls(
+            math.prod(input_shape), m.width, m.code_size, m.sparsity_target, m.sparsity_weight
+        )
+
+    @classmethod
+    def size(
+        cls, model_config: ModelConfig, input_shape: tuple[int, ...], n_outputs: int
+    ) -> tuple[int, int]:
+        n_in = math.prod(input_shape)
+        sizes = [n_in, model_config.width, model_config.code_size, n_in]
+        weights = sum((a + 1) * b for a, b in pairwise(sizes))
+        return weights, sum(sizes)
+
+    @classmethod
+    def what_to_lower(cls, model_config: ModelConfig) -> str:
+        m = model_config
+        return f"lower model.width (now {m.width}) or model.code_size (now {m.code_size})"
 
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x[0].numel() != self.n_inputs:

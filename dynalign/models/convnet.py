@@ -9,6 +9,8 @@ part of the store's contract.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +20,9 @@ from ..conv import Conv2d
 from ..feedback import Linear
 from .base import Network
 from .mlp import make_activation
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 
 def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -63,6 +68,15 @@ def block_shapes(
 
 
 class ConvNet(Network):
+    reads = (
+        "channels",
+        "kernel_size",
+        "activation",
+        "batch_norm",
+        "bn_momentum",
+        "excitatory_fraction",
+    )
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -97,6 +111,43 @@ class ConvNet(Network):
             in_channels = out_channels
         self.n_features = math.prod(shapes[-1])
         self.fc = Linear(self.n_features, n_outputs)
+
+    @classmethod
+    def from_config(
+        cls,
+        model_config: ModelConfig,
+        input_shape: tuple[int, ...],
+        n_outputs: int,
+        generator: torch.Generator | None = None,
+    ) -> ConvNet:
+        m = model_config
+        return cls(
+            input_shape,
+            n_outputs,
+            m.channels,
+            m.kernel_size,
+            m.activation,
+            m.batch_norm,
+            m.bn_momentum,
+            m.excitatory_fraction,
+            generator,
+        )
+
+    @classmethod
+    def size(
+        cls, model_config: ModelConfig, input_shape: tuple[int, ...], n_outputs: int
+    ) -> tuple[int, int]:
+        m = model_config
+        shapes = block_shapes(input_shape, m.channels, m.kernel_size)
+        weights, units = 0, math.prod(input_shape)
+        for (c_in, h, w), (c_out, _, _) in pairwise(shapes):
+            weights += (c_in * m.kernel_size**2 + 1) * c_out
+            units += 2 * c_out * h * w  # the convolution's output, before the pool
+        return weights + (math.prod(shapes[-1]) + 1) * n_outputs, units
+
+    @classmethod
+    def what_to_lower(cls, model_config: ModelConfig) -> str:
+        return f"lower model.channels (now {model_config.channels}) or train.batch_size"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_pixels = math.prod(self.input_shape)

@@ -24,17 +24,19 @@ captures one (N, width) tensor per step t = 2..T (H h_0 is zero and is not compu
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..config import RNN_ACTIVATIONS, ConfigError
 from ..feedback import Linear
 from .base import Network
 from .mlp import make_activation
 
-RNN_ACTIVATIONS = ("tanh", "relu", "sigmoid")
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 
 class RecurrentCore(nn.Module):
@@ -62,6 +64,9 @@ class RecurrentCore(nn.Module):
 
 class RNN(Network):
     """Elman RNN for next-character prediction or row-by-row image classification."""
+
+    reads = ("width", "activation")
+    activations = RNN_ACTIVATIONS
 
     def __init__(
         self, input_shape: tuple[int, ...], n_outputs: int, width: int, activation: str = "tanh"
@@ -98,6 +103,30 @@ class RNN(Network):
         self.input_shape = input_shape
         self.n_outputs = n_outputs
         self.rnn = RecurrentCore(n_features, width, n_outputs, activation)
+
+    @classmethod
+    def from_config(
+        cls,
+        model_config: ModelConfig,
+        input_shape: tuple[int, ...],
+        n_outputs: int,
+        generator: torch.Generator | None = None,
+    ) -> RNN:
+        return cls(input_shape, n_outputs, model_config.width, model_config.activation)
+
+    @classmethod
+    def size(
+        cls, model_config: ModelConfig, input_shape: tuple[int, ...], n_outputs: int
+    ) -> tuple[int, int]:
+        width = model_config.width
+        steps = input_shape[0] if len(input_shape) == 1 else input_shape[-2]
+        features = n_outputs if len(input_shape) == 1 else math.prod(input_shape) // max(steps, 1)
+        weights = (features + 1) * width + width**2 + (width + 1) * n_outputs
+        return weights, steps * (features + width + n_outputs)
+
+    @classmethod
+    def what_to_lower(cls, model_config: ModelConfig) -> str:
+        return f"lower model.width (now {model_config.width}) or train.batch_size"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.task == "sequence":

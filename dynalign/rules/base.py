@@ -77,9 +77,9 @@ def random_like(
     return torch.randn(shape, generator=generator, dtype=torch.float64) * bound / 3**0.5
 
 
-def step_size(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> tuple[float, float]:
-    """(learning rate, weight decay) of the optimiser group that trains ``param``."""
+def param_group(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+    """The optimiser's settings (lr, weight_decay, momentum, ...) for ``param``."""
     for group in optimizer.param_groups:
         if any(p is param for p in group["params"]):
-            return float(group["lr"]), float(group.get("weight_decay", 0.0))
-    return 0.0, 0.0
+            return group
+    raise ValueError("the optimiser does not train this parameter")

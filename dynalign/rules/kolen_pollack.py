@@ -1,10 +1,13 @@
 """Kolen-Pollack (as in Akrout et al. 2019): B receives the same update as W, and both decay
-with the same weight decay, so their difference shrinks by (1 - lr·weight_decay) every step
-and B converges to W.
+with the same weight decay, so their difference shrinks and B converges to W.
 
-The rule keeps D = B - W (a buffer, so checkpoints hold it). After each step D decays and
-B = W + D: under plain SGD that is exactly ΔB = -lr·(G + weight_decay·B), the update W gets
-with B in W's place; with momentum or Adam, B moves by W's whole step and the difference decays.
+B is trained as W is, by the same optimiser step on the same gradient G, with its own weight
+decay: SGD's ΔB = -lr·v_B, v_B ← m·v_B + G + weight_decay·B. Only the difference D = B - W
+has to be kept (with its momentum v_D = v_B - v_W, buffers that checkpoints hold), since the
+G terms cancel: v_D ← m·v_D + weight_decay·D, D ← D - lr·v_D, then B = W + D. Without
+momentum D shrinks by (1 - lr·weight_decay) a step; with momentum m about 1/(1 - m) times
+faster, as W's own decay does. Under Adam, whose per-weight scaling does not let the gradient
+terms cancel, D decays by (1 - lr·weight_decay) a step. A sign constraint clips W, not B.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from torch import nn
 
 from ..config import Config
 from ..feedback import FeedbackLayer, feedback_layers
-from .base import step_size
+from .base import param_group
 from .fa import FeedbackAlignment
 
 
@@ -35,16 +38,26 @@ class KolenPollack(FeedbackAlignment):
     ) -> None:
         super().attach(model, generator, input_shape)  # B starts as FA's random B
         for layer in feedback_layers(model).values():
-            layer.register_buffer("feedback_offset", layer.feedback - layer.weight.detach())
+            offset = layer.feedback - layer.weight.detach()
+            layer.register_buffer("feedback_offset", offset)
+            layer.register_buffer("feedback_offset_momentum", torch.zeros_like(offset))
 
     @torch.no_grad()
     def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
         for layer in layers.values():
-            layer.feedback.copy_(layer.weight).add_(layer.feedback_offset)
+            torch.add(layer.weight, layer.feedback_offset, out=layer.feedback)
 
     @torch.no_grad()
     def after_step(self, layers, optimizer) -> None:
         for layer in layers.values():
-            lr, decay = step_size(optimizer, layer.weight)
-            layer.feedback_offset.mul_(1.0 - lr * decay)
+            group = param_group(optimizer, layer.weight)
+            lr, decay = group["lr"], group.get("weight_decay", 0.0)
+            momentum = group.get("momentum", 0.0)  # SGD's; Adam has betas instead
+            offset = layer.feedback_offset
+            if momentum:
+                velocity = layer.feedback_offset_momentum
+                velocity.mul_(momentum).add_(offset, alpha=decay)
+                offset.sub_(velocity, alpha=lr)
+            else:
+                offset.mul_(1.0 - lr * decay)
         self.refresh(layers)

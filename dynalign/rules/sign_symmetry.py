@@ -61,7 +61,12 @@ class FixedRandomSignFeedback(UniformSignFeedback):
 
 
 class BatchRandomSignFeedback(UniformSignFeedback):
-    """M redrawn for every step, from the rule's own generator."""
+    """M redrawn for every step, from the rule's own generator.
+
+    |M| is drawn straight into B in W's dtype: |2u − 1|·bound for uniform M is uniform in
+    [0, bound), |N|·σ for normal M is half-normal, so no intermediate is needed. Drawing two
+    million numbers still costs about a training step's third on one CPU thread.
+    """
 
     name = "brsf"
 
@@ -69,11 +74,19 @@ class BatchRandomSignFeedback(UniformSignFeedback):
         super().__init__(config, seed)
         self.draws = torch.Generator().manual_seed(seed + 3)
 
-    def _magnitude(self, layer: FeedbackLayer) -> torch.Tensor:
-        w = layer.weight
-        bound = layer.init_bound() * self.config.scale
-        m = random_like(w.shape, bound, self.config.distribution, self.draws)
-        return m.abs().to(dtype=w.dtype, device=w.device)
+    @torch.no_grad()
+    def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
+        for layer in layers.values():
+            b, w = layer.feedback, layer.weight
+            bound = layer.init_bound() * self.config.scale
+            drawn = b if b.device.type == "cpu" else torch.empty(b.shape, dtype=b.dtype)
+            if self.config.distribution == "uniform":
+                drawn.uniform_(0.0, bound, generator=self.draws)
+            else:
+                drawn.normal_(0.0, bound / 3**0.5, generator=self.draws).abs_()
+            if drawn is not b:
+                b.copy_(drawn)
+            b.mul_(torch.sign(w))
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"draws": self.draws}
