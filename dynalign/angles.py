@@ -178,11 +178,9 @@ def _split(x: float) -> tuple[float, float]:
 
 
 def gram_matrix(x: torch.Tensor) -> torch.Tensor:
-    """K = x xᵀ of a layer's input rows: formed by BLAS in the run's precision (its relative
-    rounding, ~1e-7 in float32, reaches the angles only as ~1e-9 of their size), kept in
-    float64 for the products that follow."""
+    """K = x xᵀ of a layer's input rows, formed by BLAS in the run's precision."""
     rows = x.detach().reshape(x.shape[0], -1)
-    return (rows @ rows.T).to(torch.float64)
+    return rows @ rows.T
 
 
 def gram_angle(
@@ -191,21 +189,33 @@ def gram_angle(
     x: torch.Tensor,
     gram: torch.Tensor | None = None,
 ) -> float:
-    """Angle between the weight gradients G₁ = δ₁ᵀx and G₂ = δ₂ᵀx, in degrees, unformed.
+    """Angle between the weight gradients δ₁ᵀx and δ₂ᵀx (see ``gram_angle_and_norms``)."""
+    return gram_angle_and_norms(rule_delta, bp_delta, x, gram)[0]
+
+
+def gram_angle_and_norms(
+    rule_delta: torch.Tensor,
+    bp_delta: torch.Tensor,
+    x: torch.Tensor,
+    gram: torch.Tensor | None = None,
+) -> tuple[float, float, float]:
+    """(degrees, |G₁|, |G₂|) of the weight gradients G₁ = δ₁ᵀx and G₂ = δ₂ᵀx, unformed.
 
     A Linear layer's gradient over the R rows of a batch is G = δᵀx (δ: R × n_out, x:
     R × n_in), so with the R×R Gram matrix K = x xᵀ, ⟨δ₁ᵀx, δ₂ᵀx⟩ = Σ δ₁ ∘ (K δ₂). With
     n₁ = |G₁| = sqrt(Σ δ₁ ∘ Kδ₁) (n₂ likewise), d = δ₁/n₁ − δ₂/n₂ and s = δ₁/n₁ + δ₂/n₂ give
     |Ĝ₁ − Ĝ₂|² = Σ d ∘ Kd and |Ĝ₁ + Ĝ₂|² = Σ s ∘ Ks, and the angle is 2·atan2 of their roots:
-    stable near 0° like ``angle``, since rounding in K enters Σ d ∘ Kd in proportion to |d|².
-    Only the smaller of the two needs that care: the other is at least 2 and is taken as 4
-    minus it (|Ĝ₁ − Ĝ₂|² + |Ĝ₁ + Ĝ₂|² = 4), which saves a product with K. K comes from
-    ``gram_matrix`` (pass ``gram`` where it is already formed); everything after it is
-    float64, on the tensors' device, with one transfer to the host.
+    stable near 0° like ``angle``. Only the smaller of the two needs that care: the other is at
+    least 2 and is taken as 4 minus it (their sum is 4), which saves a product with K.
 
-    Equal deltas give exactly 0.0 without the Gram matrix (NaN there only when the delta or x
-    is all zero or not finite; a nonzero δ whose gradient δᵀx is zero is not looked for).
-    Otherwise NaN when either gradient is zero or not finite.
+    Where precision is lost is the difference d (or s) of two nearly equal vectors: it is
+    formed in float64. The products with K (``gram_matrix``, pass ``gram`` where it is already
+    formed) run in the run's precision: they carry no cancellation, so their relative rounding
+    (~1e-7 in float32) reaches the angle as about that, not amplified; the sums are float64.
+
+    Equal deltas give exactly 0.0 without the Gram matrix, and NaN norms (NaN there only when
+    the delta or x is all zero or not finite; a nonzero δ whose gradient δᵀx is zero is not
+    looked for). Otherwise NaN when either gradient is zero or not finite.
     """
     rows = x.shape[0]
     d1 = rule_delta.detach().reshape(rows, -1)
@@ -214,19 +224,21 @@ def gram_angle(
         raise ValueError(f"gram_angle of deltas shaped {tuple(d1.shape)} and {tuple(d2.shape)}")
     if torch.equal(d1, d2):  # same error, same input: the same gradient
         sums = host_floats(d1.abs().sum(dtype=torch.float64), x.abs().sum(dtype=torch.float64))
-        return 0.0 if all(0 < v < math.inf for v in sums) else math.nan
+        return (0.0 if all(0 < v < math.inf for v in sums) else math.nan), math.nan, math.nan
     if gram is None:
         gram = gram_matrix(x)
-    d1, d2 = d1.to(torch.float64), d2.to(torch.float64)
     n = d1.shape[1]
-    k = gram @ torch.cat([d1, d2], dim=1)
-    sq1, sq2 = torch.sum(d1 * k[:, :n]), torch.sum(d2 * k[:, n:])
-    cross = torch.sum(d1 * k[:, n:])  # its sign says which of Ĝ₁ ∓ Ĝ₂ is the shorter
-    v = d1 / sq1.sqrt() - d2 * (torch.where(cross < 0, -1.0, 1.0) / sq2.sqrt())
-    vv = torch.sum(v * (gram @ v))
+    k = gram @ torch.cat([d1, d2], dim=1).to(gram.dtype)
+    f64 = torch.float64
+    sq1 = torch.sum(d1 * k[:, :n], dtype=f64)
+    sq2 = torch.sum(d2 * k[:, n:], dtype=f64)
+    cross = torch.sum(d1 * k[:, n:], dtype=f64)  # its sign says which of Ĝ₁ ∓ Ĝ₂ is shorter
+    v = d1.to(f64) / sq1.sqrt() - d2.to(f64) * (torch.where(cross < 0, -1.0, 1.0) / sq2.sqrt())
+    vv = torch.sum(v * (gram @ v.to(gram.dtype)), dtype=f64)
     sq1, sq2, cross, vv = host_floats(sq1, sq2, cross, vv)
+    norms = math.sqrt(max(sq1, 0.0)), math.sqrt(max(sq2, 0.0))
     if not (0 < sq1 < math.inf and 0 < sq2 < math.inf):
-        return math.nan
+        return math.nan, *norms
     vv = min(max(vv, 0.0), 2.0)
     dd, ss = (4.0 - vv, vv) if cross < 0 else (vv, 4.0 - vv)
-    return _from_sums(sq1, sq2, dd, ss)
+    return _from_sums(sq1, sq2, dd, ss), *norms

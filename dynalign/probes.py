@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import schema
-from .angles import angle, angle_from_products, gram_angle, gram_matrix
+from .angles import angle, angle_from_products, gram_angle_and_norms, gram_matrix
 from .reference import Gradients
 from .schema import Variable
 from .weight_step import WeightStep, host_floats, weight_step
@@ -42,14 +42,6 @@ class StepContext:
     weights_before: list[torch.Tensor] | None = None  # a buffer the trainer reuses
     constraint_counts: list | None = None  # per layer: crossed, pushed (see constraints)
     _weight_steps: dict[int, WeightStep] = field(default_factory=dict)
-    _reference: dict[int, tuple[float, bool]] = field(default_factory=dict)
-    _grams: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def gram(self, i: int) -> torch.Tensor:
-        """K = x xᵀ of layer ``i``'s input rows (float64), formed once per step."""
-        if i not in self._grams:
-            self._grams[i] = gram_matrix(self.gradients.inputs[i])
-        return self._grams[i]
 
     def weight_step(self, i: int) -> WeightStep:
         """Layer ``i``'s reductions over W before, W after and B: one sweep, shared by probes."""
@@ -60,26 +52,6 @@ class StepContext:
                 self.weights_before[i], self.weights[i], b if same_shape else None
             )
         return self._weight_steps[i]
-
-    def reference(self, i: int) -> tuple[float, bool]:
-        """(norm of the true gradient of W, is it above the numerical floor?)
-
-        Below ε·|W| (ε the machine epsilon of W's dtype) an update of that size would vanish in
-        W's rounding, and the true gradient is mostly rounding error: no angle is defined.
-        """
-        if i not in self._reference:
-            g = self.gradients
-            bp_grad = g.bp_grads[i]
-            if bp_grad is not None:
-                (sq,) = host_floats(torch.linalg.vector_norm(bp_grad, dtype=torch.float64) ** 2)
-            else:  # the Gram form: |δᵀx|² = ⟨δ, (x xᵀ) δ⟩
-                d = g.bp_deltas[i].double()
-                (sq,) = host_floats((self.gram(i) @ d * d).sum())
-            norm = math.sqrt(max(sq, 0.0))
-            eps = torch.finfo(self.weights[i].dtype).eps
-            floor = eps * math.sqrt(self.weight_step(i).weight_sq)
-            self._reference[i] = (norm, norm > floor)
-        return self._reference[i]
 
 
 class Probe:
@@ -170,15 +142,28 @@ class AngleProbe(Probe):
     needs = frozenset({"reference", "weights_before"})
 
     def layer(self, ctx: StepContext, i: int) -> list[float]:
+        """The true gradient's norm decides whether the angles are defined: below ε·|W| (ε the
+        machine epsilon of W's dtype) an update of that size would vanish in W's rounding, and
+        the true gradient is mostly rounding error."""
         g = ctx.gradients
-        norm, valid = ctx.reference(i)
-        update = delta = math.nan
-        if valid:
-            if g.bp_grads[i] is not None:
-                update = angle(g.rule_grads[i], g.bp_grads[i])
-            else:
-                update = gram_angle(g.rule_deltas[i], g.bp_deltas[i], g.inputs[i], ctx.gram(i))
-            delta = angle(g.rule_deltas[i], g.bp_deltas[i])
+        floor = torch.finfo(ctx.weights[i].dtype).eps * math.sqrt(ctx.weight_step(i).weight_sq)
+        if g.bp_grads[i] is not None:
+            (sq,) = host_floats(torch.linalg.vector_norm(g.bp_grads[i], dtype=torch.float64) ** 2)
+            norm = math.sqrt(sq)
+            update = angle(g.rule_grads[i], g.bp_grads[i]) if norm > floor else math.nan
+        else:  # a Linear layer's gradients in their Gram form (see dynalign.reference)
+            gram = gram_matrix(g.inputs[i])
+            update, _, norm = gram_angle_and_norms(
+                g.rule_deltas[i], g.bp_deltas[i], g.inputs[i], gram
+            )
+            if math.isnan(norm):  # equal deltas: the angle came without the norms
+                d = g.bp_deltas[i]
+                (sq,) = host_floats(torch.sum((gram @ d.to(gram.dtype)) * d, dtype=torch.float64))
+                norm = math.sqrt(max(sq, 0.0))
+        valid = norm > floor
+        if not valid:
+            update = math.nan
+        delta = angle(g.rule_deltas[i], g.bp_deltas[i]) if valid else math.nan
         return [update, delta, self._feedback_angle(ctx, i), norm, float(valid)]
 
     @staticmethod

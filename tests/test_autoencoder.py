@@ -174,3 +174,30 @@ def test_bad_input_gives_clear_errors():
     fresh = make_model()
     with pytest.raises(ValueError, match="output of the latest forward"):
         fresh.loss_terms(torch.zeros(2, 12), torch.zeros(2, 12), None)
+
+
+def test_reconstructions_follow_their_own_schedule(tmp_path):
+    """probes.reconstruction_every, not snapshot_every, sets when reconstructions are taken
+    (plus before the first step and after the last)."""
+    from dynalign.config import build_config
+    from dynalign.reader import open_run
+    from dynalign.record import record
+
+    config = build_config(
+        preset="sae-fa",
+        overrides={
+            "data.n_train": 120,
+            "data.n_val": 20,
+            "train.batch_size": 20,
+            "train.epochs": 2,  # 12 steps
+            "model.width": 16,
+            "model.code_size": 4,
+            "probes.snapshot_every": 5,
+            "probes.reconstruction_every": 3,
+            "train.threads": 1,
+        },
+    )
+    record(config, tmp_path / "sae.zarr", progress=False)
+    tree = open_run(tmp_path / "sae.zarr")
+    assert list(tree["reconstructions"].ds.snapshot_step.values) == [0, 3, 6, 9, 12]
+    assert list(tree["snapshots/fc1"].ds.snapshot_step.values) == [0, 5, 10, 12]
