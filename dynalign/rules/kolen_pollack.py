@@ -53,11 +53,47 @@ class KolenPollack(FeedbackAlignment):
             group = param_group(optimizer, layer.weight)
             lr, decay = group["lr"], group.get("weight_decay", 0.0)
             momentum = group.get("momentum", 0.0)  # SGD's; Adam has betas instead
-            offset = layer.feedback_offset
+            tensors = (
+                layer.feedback_offset,
+                layer.feedback_offset_momentum,
+                layer.weight.detach(),
+                layer.feedback,
+            )
+            if all(t.device.type == "cpu" and t.is_contiguous() for t in tensors):
+                arrays = [t.reshape(-1).numpy() for t in tensors]
+                _compiled_step()(*arrays, lr, decay, momentum)
+                continue
+            offset, velocity, weight, feedback = tensors
             if momentum:
-                velocity = layer.feedback_offset_momentum
                 velocity.mul_(momentum).add_(offset, alpha=decay)
                 offset.sub_(velocity, alpha=lr)
             else:
                 offset.mul_(1.0 - lr * decay)
-        self.refresh(layers)
+            torch.add(weight, offset, out=feedback)
+
+
+def _step(offset, velocity, weight, feedback, lr, decay, momentum) -> None:
+    """One pass over D, its momentum, W and B (the tensor expressions take four)."""
+    for i in range(offset.size):
+        d = offset[i]
+        if momentum != 0.0:
+            v = momentum * velocity[i] + decay * d
+            velocity[i] = v
+            d = d - lr * v
+        else:
+            d = d * (1.0 - lr * decay)
+        offset[i] = d
+        feedback[i] = weight[i] + d
+
+
+_STEP = None
+
+
+def _compiled_step():
+    """``_step`` compiled (once per process, cached on disk); numba is imported on first use."""
+    global _STEP
+    if _STEP is None:
+        import numba
+
+        _STEP = numba.njit(cache=True, nogil=True)(_step)
+    return _STEP

@@ -31,7 +31,7 @@ class WeightMirror(FeedbackAlignment):
             xi = xi.to(w.device)
             y = xi @ w.T
             b = layer.feedback.view(w.shape)
-            b.mul_(1.0 - lr).addmm_(y.T, xi, alpha=lr / n)
+            b.addmm_(y.T, xi, beta=1.0 - lr, alpha=lr / n)  # one pass over B
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"noise": self.noise}
