@@ -183,6 +183,11 @@ def gram_matrix(x: torch.Tensor) -> torch.Tensor:
     return rows @ rows.T
 
 
+#: |cos θ| above which ``gram_angle`` forms the difference vector (within about 8° of 0° or
+#: 180°, where the cosine's rounding would be amplified)
+NEAR = 0.99
+
+
 def gram_angle(
     rule_delta: torch.Tensor,
     bp_delta: torch.Tensor,
@@ -233,12 +238,17 @@ def gram_angle_and_norms(
     sq1 = torch.sum(d1 * k[:, :n], dtype=f64)
     sq2 = torch.sum(d2 * k[:, n:], dtype=f64)
     cross = torch.sum(d1 * k[:, n:], dtype=f64)  # its sign says which of Ĝ₁ ∓ Ĝ₂ is shorter
-    v = d1.to(f64) / sq1.sqrt() - d2.to(f64) * (torch.where(cross < 0, -1.0, 1.0) / sq2.sqrt())
-    vv = torch.sum(v * (gram @ v.to(gram.dtype)), dtype=f64)
-    sq1, sq2, cross, vv = host_floats(sq1, sq2, cross, vv)
+    sq1, sq2, cross = host_floats(sq1, sq2, cross)
     norms = math.sqrt(max(sq1, 0.0)), math.sqrt(max(sq2, 0.0))
-    if not (0 < sq1 < math.inf and 0 < sq2 < math.inf):
+    if not (0 < sq1 < math.inf and 0 < sq2 < math.inf and math.isfinite(cross)):
         return math.nan, *norms
+    if abs(cross) < NEAR * norms[0] * norms[1]:
+        # away from 0° and 180° the products' relative rounding ε (~1e-7) moves the angle by
+        # about ε·cot θ radians, a few millionths of it at most: no difference vector needed
+        return angle_from_products(cross, sq1, sq2), *norms
+    sign = -1.0 if cross < 0 else 1.0
+    v = d1.to(f64) / norms[0] - d2.to(f64) * (sign / norms[1])
+    (vv,) = host_floats(torch.sum(v * (gram @ v.to(gram.dtype)), dtype=f64))
     vv = min(max(vv, 0.0), 2.0)
     dd, ss = (4.0 - vv, vv) if cross < 0 else (vv, 4.0 - vv)
     return _from_sums(sq1, sq2, dd, ss), *norms

@@ -239,7 +239,8 @@ def formed_angle(d1, d2, x) -> float:
     return true_angle(d1.double().T @ x.double(), d2.double().T @ x.double())
 
 
-@pytest.mark.parametrize("degrees", [0.001, *ANGLES])
+# 7.9°/8.2° and 171.8°/172.1°: either side of where gram_angle stops forming the difference
+@pytest.mark.parametrize("degrees", [0.001, *ANGLES, 7.9, 8.2, 30.0, 171.8, 172.1])
 def test_gram_angle_matches_formed_gradients(degrees):
     d1, d2, x = deltas_at(degrees, 50, 300, 40)
     truth = formed_angle(d1, d2, x)
