@@ -38,8 +38,10 @@ from torch import nn
 
 from .config import ConfigError, ConstraintConfig
 from .feedback import FeedbackLayer, feedback_layers
+from .registry import CONSTRAINTS
 
-LEVELS = ("synapse", "neuron")
+#: the constraint levels (every name of the registry but "none")
+LEVELS = tuple(n for n in CONSTRAINTS.names() if n != "none")
 
 #: per-weight optimiser state that ``reset_momentum`` clears where a weight is clipped: SGD's
 #: momentum, Adam's (and AdamW's) first and second moments and AMSGrad's running maximum.
