@@ -1,4 +1,5 @@
-"""dynalign: record and analyse how learning rules (backprop, feedback alignment) learn."""
+"""dynalign: record and analyse how learning rules (backprop, feedback alignment and its
+relatives) learn."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -220,8 +220,9 @@ class ActivationProbe(Probe):
 
     def compute(self, ctx: StepContext) -> dict[str, np.ndarray]:
         outputs = ctx.gradients.outputs
-        means = [o.detach().double().square().mean() for o in outputs]
-        return {"activation_rms": np.sqrt(host_floats(*means))}
+        norms = host_floats(*(torch.linalg.vector_norm(o, dtype=torch.float64) for o in outputs))
+        sizes = [max(o.numel(), 1) for o in outputs]
+        return {"activation_rms": np.array(norms) / np.sqrt(sizes)}
 
 
 def step_probes(every: int) -> tuple[Probe, ...]:

@@ -30,6 +30,7 @@ class Recorder:
         probe_inputs: torch.Tensor | None = None,
     ):
         self.writer: RunWriter | None = None
+        self._due: tuple[int, list] = (-1, [])
         self.scalars = ScalarProbe(tuple(getattr(model, "loss_term_names", ())))
         self.probes = step_probes(config.probes.every)
         self.snapshots = SnapshotProbe(config.probes.snapshot_every, layers)
@@ -39,10 +40,13 @@ class Recorder:
             self.reconstructions = ReconstructionProbe(every, model, probe_inputs)
 
     def due(self, step: int) -> list:
-        """The per-layer probes due on ``step`` (none without a store to write to)."""
+        """The per-layer probes due on ``step`` (none without a store to write to); asked
+        before the step and again when it is recorded, worked out once."""
         if self.writer is None:
             return []
-        return [p for p in self.probes if p.due(step)]
+        if self._due[0] != step:
+            self._due = (step, [p for p in self.probes if p.due(step)])
+        return self._due[1]
 
     def needs(self, step: int) -> frozenset[str]:
         """Everything the probes due on ``step`` need from it."""
