@@ -9,8 +9,6 @@ read-out's backward pass, which autograd always runs first, hands e to the other
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -91,7 +89,7 @@ class DirectFeedbackAlignment(FeedbackAlignment):
         self, model: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]
     ) -> None:
         shapes = input_shapes(model, input_shape)
-        readout_name, readout = output_layer(model)
+        _, readout = output_layer(model)
         n_outputs = readout.weight.shape[0]
         source = _OutputError()
         for name, layer in feedback_layers(model).items():
@@ -102,8 +100,6 @@ class DirectFeedbackAlignment(FeedbackAlignment):
     def _draw(self, layer: FeedbackLayer, shape: tuple[int, ...], generator) -> None:
         """B as W was drawn (uniform in ±1/sqrt(fan-in), times rule.scale), in B's shape."""
         w = layer.weight
-        if math.prod(shape) == 0:
-            raise ValueError(f"direct feedback alignment cannot make a feedback of shape {shape}")
         b = random_like(
             shape, layer.init_bound() * self.config.scale, self.config.distribution, generator
         )
