@@ -12,9 +12,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from matplotlib.figure import Figure
-
-from analyses.smoothing import (
+from dynalign.analyses.smoothing import (
     AnalysisError,
     check_window,
     format_table,
@@ -24,6 +22,7 @@ from analyses.smoothing import (
     smooth,
     steps_group,
 )
+from matplotlib.figure import Figure
 
 NAME = "alignment"
 KINDS = ("update", "delta", "feedback")

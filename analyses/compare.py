@@ -17,10 +17,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from matplotlib.figure import Figure
-
-from analyses.alignment import hidden_update_plateau
-from analyses.smoothing import (
+from dynalign.analyses.alignment import hidden_update_plateau
+from dynalign.analyses.smoothing import (
     AnalysisError,
     bootstrap_ci_columns,
     epochs_group,
@@ -30,6 +28,7 @@ from analyses.smoothing import (
     provenance,
     run_name,
 )
+from matplotlib.figure import Figure
 
 NAME = "compare"
 CURVES = ("train_accuracy", "val_accuracy", "train_loss", "val_loss")

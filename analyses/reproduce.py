@@ -27,8 +27,8 @@ def check_criteria(spec: StudySpec) -> None:
     """Validate a finding spec's criteria against its arms and the known metrics, before runs."""
     if spec.finding is None:
         return
-    from analyses.study import is_metric
-    from analyses.verdict import CriterionError, validate_criteria
+    from dynalign.analyses.study import is_metric
+    from dynalign.analyses.verdict import CriterionError, validate_criteria
 
     criteria = spec.finding.get("criteria")
     if not isinstance(criteria, list):
@@ -113,8 +113,9 @@ def criteria_metrics(criteria: list[dict[str, Any]]) -> list[str]:
 
 def judge_study(study_dir: str | Path) -> dict[str, Any]:
     """Evaluate the finding of one study directory: its criteria's results and its verdict."""
-    from analyses.study import summarise
-    from analyses.verdict import combine, evaluate
+    from dynalign.analyses.study import summarise
+    from dynalign.analyses.verdict import combine, evaluate
+
     from dynalign.study_reader import arm_configs, read_manifest
 
     manifest = read_manifest(study_dir)
@@ -170,7 +171,7 @@ def _plain(value: Any) -> Any:
 
 
 def _effects(finding: dict[str, Any]) -> list[str]:
-    from analyses.verdict import format_effect
+    from dynalign.analyses.verdict import format_effect
 
     lines = []
     for r in finding["criteria"]:
@@ -194,7 +195,7 @@ def findings_html(findings: list[dict[str, Any]], anchor=lambda f: f"study-{f['s
     """The findings table for the report: per finding its claim and verdict, then one row per
     criterion (what was measured, the mean effect with its 95% CI and n, that criterion's
     verdict), and a link to the finding's section with its figures."""
-    from analyses.verdict import format_effect
+    from dynalign.analyses.verdict import format_effect
 
     esc = html.escape
     rows = []

@@ -35,10 +35,9 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from dynalign.analyses.smoothing import AnalysisError, format_table, provenance
 from matplotlib.figure import Figure
 from scipy.special import xlogy
-
-from analyses.smoothing import AnalysisError, format_table, provenance
 
 NAME = "spectra"
 #: the matrices analysed, and the snapshot array each is stored as

@@ -20,16 +20,12 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from tqdm import tqdm
-
-from analyses import READ_ERRORS, open_tree
-from analyses import autoencoder as autoencoder_analysis
-from analyses import unlearning as unlearning_analysis
-from analyses.alignment import hidden_update_plateau
-from analyses.compare import ci_cell
-from analyses.smoothing import (
+from dynalign.analyses import READ_ERRORS, open_tree
+from dynalign.analyses import autoencoder as autoencoder_analysis
+from dynalign.analyses import unlearning as unlearning_analysis
+from dynalign.analyses.alignment import hidden_update_plateau
+from dynalign.analyses.compare import ci_cell
+from dynalign.analyses.smoothing import (
     AnalysisError,
     bootstrap_ci_columns,
     epochs_group,
@@ -37,6 +33,10 @@ from analyses.smoothing import (
     format_table,
     now_iso,
 )
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tqdm import tqdm
+
 from dynalign import study_reader
 from dynalign.store import StoreError
 

@@ -14,10 +14,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from matplotlib.figure import Figure
-from scipy.optimize import minimize_scalar
-
-from analyses.smoothing import (
+from dynalign.analyses.smoothing import (
     AnalysisError,
     check_window,
     epochs_group,
@@ -29,6 +26,8 @@ from analyses.smoothing import (
     smooth,
     steps_group,
 )
+from matplotlib.figure import Figure
+from scipy.optimize import minimize_scalar
 
 NAME = "unlearning"
 ESTIMATES = ("margin", "hinge")

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-
-from analyses.smoothing import bootstrap_ci
+from dynalign.analyses.smoothing import bootstrap_ci
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"

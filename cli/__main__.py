@@ -1,5 +1,5 @@
-"""``python -m cli`` runs the ``dynalign`` command."""
+"""``python -m dynalign.cli`` runs the ``dynalign`` command."""
 
-from cli.main import main
+from dynalign.cli.main import main
 
 main()

@@ -17,8 +17,7 @@ from typing import Any
 import click
 import numpy as np
 import xarray as xr
-
-from analyses import (
+from dynalign.analyses import (
     ANALYSES,
     COMPARE,
     READ_ERRORS,
@@ -28,9 +27,10 @@ from analyses import (
     open_tree,
     parameter_names,
 )
-from analyses import summary as summary_values
-from analyses.compare import unique_names
-from analyses.smoothing import run_name
+from dynalign.analyses import summary as summary_values
+from dynalign.analyses.compare import unique_names
+from dynalign.analyses.smoothing import run_name
+
 from dynalign.reader import check_store, writer_note
 from dynalign.store import StoreError
 
@@ -376,7 +376,7 @@ def analyze(stores, only, out, as_json, set_params) -> None:
 def report(stores, out, pdf, quiet, runs) -> None:
     """Write one self-contained HTML report (and a PDF) for the run STORES, or for a study
     directory (per-arm table and curves with CI bands, then a section per run)."""
-    from analyses.report import check_out_path, write_report
+    from dynalign.analyses.report import check_out_path, write_report
 
     try:
         check_out_path(out)
@@ -431,7 +431,7 @@ def study_dirs(path: str) -> list[Path]:
 def reproduction_preamble(path: str):
     """What a reproduction report shows before its studies: the findings table from its
     ``findings.json`` (as ``dynalign reproduce`` writes it), or a note why there is none."""
-    from analyses.reproduce import FINDINGS_FILE, findings_html, findings_table
+    from dynalign.analyses.reproduce import FINDINGS_FILE, findings_html, findings_table
 
     file = Path(path) / FINDINGS_FILE
     if not file.is_file():
@@ -459,7 +459,8 @@ def _run_counts(statuses: list[str]) -> str:
 def study_info(path: Path, check: bool = False) -> dict[str, Any]:
     """What `inspect` shows of a study: the manifest's description, every run's state (from its
     store), store problems, and the per-arm mean [CI] of every metric."""
-    from analyses import study as study_metrics
+    from dynalign.analyses import study as study_metrics
+
     from dynalign import study_reader
 
     manifest = study_reader.read_manifest(path)
@@ -596,7 +597,7 @@ def analyze_study(path: str, as_json: bool, out: str | None) -> None:
     """`dynalign analyze` of a study (or each study of a reproduction): the per-arm table, or
     the per-arm mean, CI and n of every metric as JSON; ``--out`` saves the (arm, seed) summary
     as netCDF with the per-arm table in its group ``arms``."""
-    from analyses import study as study_metrics
+    from dynalign.analyses import study as study_metrics
 
     dirs = study_dirs(path)
     results = []
@@ -650,7 +651,8 @@ def analyze_study(path: str, as_json: bool, out: str | None) -> None:
 
 
 def report_study(path: str, out: str, pdf: bool, quiet: bool, runs: str | None) -> Path:
-    from analyses.report import write_study_report
+    from dynalign.analyses.report import write_study_report
+
     from dynalign.study_reader import is_reproduction
 
     preamble = reproduction_preamble(path) if is_reproduction(path) else None

@@ -44,7 +44,8 @@ def sweep(spec_path, out, workers, scheduler, quiet) -> None:
 
     Running it again continues the study: finished runs are kept, the others resumed or started.
     """
-    from analyses.reproduce import check_criteria
+    from dynalign.analyses.reproduce import check_criteria
+
     from dynalign.spec import load_spec
     from dynalign.sweep import SweepError, SweepInterrupted, run_study
 
@@ -97,7 +98,14 @@ def reproduce(findings, out, seeds, data, scale, list_only, workers, scheduler, 
     their 95% bootstrap CIs. Writes OUT/finding-N/ (one study each), OUT/findings.json and
     OUT/report.html, which opens with the table of findings.
     """
-    from analyses.reproduce import describe, findings_table, judge, load_finding, parse_findings
+    from dynalign.analyses.reproduce import (
+        describe,
+        findings_table,
+        judge,
+        load_finding,
+        parse_findings,
+    )
+
     from dynalign.sweep import SweepError, SweepInterrupted, run_studies
 
     check_workers(workers)
@@ -145,8 +153,8 @@ def reproduce(findings, out, seeds, data, scale, list_only, workers, scheduler, 
 
 def write_reproduction_report(root, verdicts, pdf: bool = False, progress: bool = True):
     """DIR/report.html: the findings table first, then each finding's study."""
-    from analyses.report import write_study_report
-    from analyses.reproduce import findings_html, findings_table
+    from dynalign.analyses.report import write_study_report
+    from dynalign.analyses.reproduce import findings_html, findings_table
 
     preamble = (findings_html(verdicts), findings_table(verdicts))
     return write_study_report(

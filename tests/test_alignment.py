@@ -1,4 +1,4 @@
-"""analyses.alignment on synthetic runs whose angle trajectories, and so answers, are planted."""
+"""dynalign.analyses.alignment on synthetic runs with planted angle trajectories."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from dynalign.analyses import alignment
+from dynalign.analyses.smoothing import AnalysisError, smooth
 from matplotlib.figure import Figure
 from synthetic_stores import exp_decay, make_run, read_run, write_run
-
-from analyses import alignment
-from analyses.smoothing import AnalysisError, smooth
 
 STEPS = 600
 TAU = 100.0

@@ -1,15 +1,14 @@
-"""analyses.autoencoder on synthetic autoencoder runs with answers known by construction."""
+"""dynalign.analyses.autoencoder on synthetic autoencoder runs with known answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import xarray as xr
+from dynalign.analyses import autoencoder as ae
+from dynalign.analyses.smoothing import AnalysisError
 from matplotlib.figure import Figure
 from synthetic_stores import make_run, read_run, write_run
-
-from analyses import autoencoder as ae
-from analyses.smoothing import AnalysisError
 
 SIDE = 8
 N_PROBE = 12

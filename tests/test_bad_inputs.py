@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from dynalign.analyses import report as report_module
+from dynalign.cli.main import cli
 from synthetic_stores import make_run, write_run
-
-from analyses import report as report_module
-from cli.main import cli
 
 #: appended to every `record` case: small, so that a case that slipped through would be quick
 SMALL = ["--set", "train.epochs=1", "--set", "data.n_train=100", "--set", "model.width=16"]

@@ -10,12 +10,12 @@ import pytest
 import xarray as xr
 import zarr
 from click.testing import CliRunner
+from dynalign.analyses import COMPARE, applicable, figures
+from dynalign.cli.analyze import analyze, report
 from synthetic_stores import exp_decay, make_run, write_run
 from test_autoencoder_analysis import autoencoder_run, probe_inputs
 from test_report import _parse
 
-from analyses import COMPARE, applicable, figures
-from cli.analyze import analyze, report
 from dynalign.reader import open_run
 
 

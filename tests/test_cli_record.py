@@ -9,8 +9,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from dynalign.cli.main import cli
 
-from cli.main import cli
 from dynalign import open_run
 
 SMALL = [
@@ -149,7 +149,9 @@ def test_inspect_errors(tmp_path):
 
 
 def test_console_script_entry_point(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dynalign.cli", "--help"], capture_output=True, text=True
+    )
     assert done.returncode == 0 and "record" in done.stdout
 
 

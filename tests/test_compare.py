@@ -1,4 +1,4 @@
-"""analyses.compare on sets of synthetic runs whose per-arm means are planted."""
+"""dynalign.analyses.compare on sets of synthetic runs whose per-arm means are planted."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from dynalign.analyses import compare
+from dynalign.analyses.smoothing import AnalysisError, bootstrap_ci
 from matplotlib.figure import Figure
 from scipy import stats
 from synthetic_stores import make_run, read_run, write_run
-
-from analyses import compare
-from analyses.smoothing import AnalysisError, bootstrap_ci
 
 EPOCHS = 4
 STEPS = EPOCHS * 5

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
+from dynalign.cli.main import cli
 
-from cli.main import cli
 from dynalign.config import build_config, parse_assignments
 from dynalign.reader import check_store, open_run
 from dynalign.record import record, resume
@@ -118,7 +118,7 @@ class Writer:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "record", *args, "--quiet"],
+            [sys.executable, "-m", "dynalign.cli", "record", *args, "--quiet"],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

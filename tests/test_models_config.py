@@ -11,9 +11,9 @@ from importlib import resources
 
 import pytest
 import torch
+from dynalign.analyses.reproduce import finding_numbers
 from torch import nn
 
-from analyses.reproduce import finding_numbers
 from dynalign import config as config_module
 from dynalign.batchnorm import BATCH_NORM_KINDS, make_batch_norm
 from dynalign.config import (

@@ -1,4 +1,4 @@
-"""analyses.report: one self-contained HTML page (and a PDF) over synthetic runs."""
+"""dynalign.analyses.report: one self-contained HTML page (and a PDF) over synthetic runs."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from dynalign.analyses import AnalysisError, applicable, figures
+from dynalign.analyses.report import write_report
 from synthetic_stores import exp_decay, make_run, write_run
 from test_autoencoder_analysis import autoencoder_run, probe_inputs
-
-from analyses import AnalysisError, applicable, figures
-from analyses.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -77,7 +76,7 @@ def test_html_has_every_figure_as_inline_png(tmp_path):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1], validate=True).startswith(PNG_SIGNATURE)
     trees = [open_run(p) for p in stores]
-    from analyses import COMPARE
+    from dynalign.analyses import COMPARE
 
     n_compare = len(figures(COMPARE, COMPARE.analyze(trees)))
     assert n_compare >= 1

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import re
 
+import dynalign.analyses.reproduce as reproduce
 import pytest
 from click.testing import CliRunner
-
-import analyses.reproduce as reproduce
-from cli.main import cli
+from dynalign.cli.main import cli
 
 HEAD = """
 n_seeds = 2

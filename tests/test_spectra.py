@@ -1,4 +1,4 @@
-"""analyses.spectra on synthetic runs whose weight spectra, and so answers, are planted."""
+"""dynalign.analyses.spectra on synthetic runs whose weight spectra, and so answers, are planted."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
+from dynalign.analyses import ANALYSES, applicable, figures, spectra, summary
+from dynalign.analyses.smoothing import AnalysisError
 from matplotlib.figure import Figure
 from synthetic_stores import make_run, write_run
 
-from analyses import ANALYSES, applicable, figures, spectra, summary
-from analyses.smoothing import AnalysisError
 from dynalign.reader import open_run
 
 # float32 storage rounds every weight by ~6e-8 relative, so planted values come back to ~1e-6
@@ -384,7 +384,8 @@ def test_figures_have_titles_axis_labels_and_the_right_panels():
 
 
 def test_recorded_fa_run_through_the_cli(tmp_path, tiny_config):
-    from cli.main import cli
+    from dynalign.cli.main import cli
+
     from dynalign.record import record
 
     path = tmp_path / "fa.zarr"

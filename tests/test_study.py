@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
+from dynalign.analyses import study
+from dynalign.analyses.smoothing import AnalysisError, bootstrap_ci
+from dynalign.cli.main import cli
 from matplotlib.collections import PolyCollection
 from synthetic_stores import exp_decay, make_run, rise_then_fall
 from test_autoencoder_analysis import autoencoder_run, probe_inputs
 from test_report import _parse
 
-from analyses import study
-from analyses.smoothing import AnalysisError, bootstrap_ci
-from cli.main import cli
 from dynalign.config import build_config
 from dynalign.reader import open_run
 from dynalign.record import record

@@ -46,7 +46,7 @@ def sweep(spec: Path, out: Path, *extra: str, wait: bool = True):
         [
             sys.executable,
             "-m",
-            "cli",
+            "dynalign.cli",
             "sweep",
             str(spec),
             "--out",

@@ -1,15 +1,14 @@
-"""analyses.unlearning on synthetic runs with a planted rise, fall and zeroing trajectory."""
+"""dynalign.analyses.unlearning on synthetic runs with a planted rise, fall and zeroing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import xarray as xr
+from dynalign.analyses import unlearning
+from dynalign.analyses.smoothing import AnalysisError
 from matplotlib.figure import Figure
 from synthetic_stores import make_run, read_run, rise_then_fall, write_run
-
-from analyses import unlearning
-from analyses.smoothing import AnalysisError
 
 STEPS = 600
 ONSET = 300  # the planted accuracy holds 0.9 from step 100 to ONSET, then falls

@@ -1,4 +1,4 @@
-"""analyses.verdict: criteria checked before any run, verdicts on synthetic summaries whose
+"""dynalign.analyses.verdict: criteria checked before any run, verdicts on synthetic summaries whose
 answers are known by construction."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import re
 import numpy as np
 import pytest
 import xarray as xr
-
-from analyses.smoothing import bootstrap_ci
-from analyses.verdict import (
+from dynalign.analyses.smoothing import bootstrap_ci
+from dynalign.analyses.verdict import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     REPRODUCED,
