@@ -4,17 +4,24 @@ For every layer and angle kind (update: rule's update vs the BP gradient; delta:
 the layer's output vs BP's; feedback: W vs B) this keeps the raw trajectory and a smoothed one,
 and summarises it as initial, minimum and plateau angle and the step from which the smoothed
 angle stays below a threshold to the end of the run (the point where FA has "aligned").
+Backprop's angles are 0 by construction: its result keeps the numbers, but its table says so in
+one line and it gets no figure.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
 from dynalign.analyses.smoothing import (
     AnalysisError,
     check_window,
+    flat_config,
     format_table,
     layer_names,
     parameters,
@@ -22,10 +29,19 @@ from dynalign.analyses.smoothing import (
     smooth,
     steps_group,
 )
-from matplotlib.figure import Figure
 
 NAME = "alignment"
 KINDS = ("update", "delta", "feedback")
+#: rules whose update is backprop's gradient itself: every angle is 0 by construction
+EXACT_RULES = ("bp",)
+#: a layer whose angle never exceeds this (degrees) is exact up to rounding: nothing to plot
+EXACT_DEGREES = 0.1
+#: what each angle kind measures, as panel title and y label
+KIND_LABELS = {
+    "update": ("Update vs BP gradient", "update angle to BP (°)"),
+    "delta": ("Error signal δ vs BP's δ", "δ angle to BP (°)"),
+    "feedback": ("Feedback B vs forward W", "angle between B and W (°)"),
+}
 
 
 def applies(tree: xr.DataTree) -> bool:
@@ -228,7 +244,26 @@ def analyze(
             plateau_fraction=float(plateau_fraction),
         )
     )
+    result.attrs["rule"] = run_rule(tree)
     return result
+
+
+def run_rule(tree: xr.DataTree) -> str:
+    """The run's learning rule (``rule.name``), so tables and plots can tell BP from the rest."""
+    return str(flat_config(tree).get("rule.name") or tree.attrs.get("rule", ""))
+
+
+def result_rule(result: xr.Dataset) -> str:
+    """The rule a result was computed for: its ``rule`` attr, or older results' config."""
+    if "rule" in result.attrs:
+        return str(result.attrs["rule"])
+    config = json.loads(result.attrs.get("config") or "{}")
+    return str(config.get("rule", {}).get("name", ""))
+
+
+def is_exact(result: xr.Dataset) -> bool:
+    """Whether the run's rule is backprop itself, whose angles are 0 by construction."""
+    return result_rule(result) in EXACT_RULES
 
 
 def feedback_alignment(result: xr.Dataset) -> xr.DataArray:
@@ -246,8 +281,18 @@ def _fmt_step(value: float) -> str:
     return "-" if not np.isfinite(value) else f"{value:.0f}"
 
 
+def _exact_line(result: xr.Dataset) -> str:
+    """The one line a BP run gets instead of a table of zeros."""
+    largest = float(np.nanmax(np.abs(result["angle"].values)))
+    return (
+        f"rule {result_rule(result)}: its updates are backprop's own, so every angle is exact by "
+        f"construction (0° up to rounding; largest recorded {largest:.2g}°)"
+    )
+
+
 def table(result: xr.Dataset) -> str:
-    """Per angle kind and layer: initial, minimum (at step), plateau and crossing step."""
+    """Per angle kind and layer: initial, minimum (at step), plateau and crossing step; for
+    BP, whose angles are 0 by construction, one line saying so."""
     params = parameters(result)
     threshold = params.get("threshold", np.nan)
     head = ["kind", "layer", "initial", "min", "min at", "plateau", f"< {threshold:g}° from"]
@@ -277,6 +322,9 @@ def table(result: xr.Dataset) -> str:
     if not rows:
         lines.append("no probed steps: the run recorded no angles (was probes.every 0?)")
         return "\n".join(lines)
+    if is_exact(result):
+        lines.append(_exact_line(result))
+        return "\n".join(lines)
     lines += format_table(head, rows, left=2)
     if never:
         lines.append(
@@ -285,30 +333,93 @@ def table(result: xr.Dataset) -> str:
     return "\n".join(lines)
 
 
-def plot_angles(result: xr.Dataset, kinds: list[str] | None = None, **_: Any) -> Figure:
-    """Angle vs step, one panel per angle kind: raw (faint) and smoothed per layer, threshold."""
-    kinds = [str(k) for k in result["kind"].values] if kinds is None else list(kinds)
-    missing = [k for k in kinds if k not in result["kind"].values]
-    if missing:
-        raise AnalysisError(
-            f"no angle kind {missing}; this result has {list(result['kind'].values)}"
-        )
-    threshold = parameters(result).get("threshold")
-    fig = Figure(figsize=(4.2 * len(kinds), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+def layer_colors(n: int) -> list[Any]:
+    """One colour per layer: the qualitative cycle up to 10 layers, a sequential map beyond,
+    where a repeated cycle colour would make two layers look alike."""
+    if n <= 10:
+        return [f"C{j}" for j in range(n)]
+    return list(colormaps["viridis"](np.linspace(0.0, 0.92, n)))
+
+
+def _layer_state(result: xr.Dataset, kind: str, layer: str) -> str:
+    """'drawn', 'exact' (never above rounding of 0°) or 'none' (no finite angle)."""
+    values = result["angle"].sel(kind=kind, layer=layer).values
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return "none"
+    return "exact" if np.abs(finite).max() <= EXACT_DEGREES else "drawn"
+
+
+def _shown_kinds(result: xr.Dataset, kinds: list[str] | None) -> list[str]:
+    """The kinds asked for (checked), or by default those where some layer has a real angle."""
+    available = [str(k) for k in result["kind"].values]
+    if kinds is not None:
+        missing = [k for k in kinds if k not in available]
+        if missing:
+            raise AnalysisError(f"no angle kind {missing}; this result has {available}")
+        return list(kinds)
+    layers = [str(v) for v in result["layer"].values]
+    return [k for k in available if any(_layer_state(result, k, v) == "drawn" for v in layers)]
+
+
+def _left_out(names: list[str], why: str) -> str:
+    listed = ", ".join(names) if len(names) <= 3 else f"{len(names)} layers"
+    return f"{listed}: {why}"
+
+
+def _angle_panel(ax: Any, result: xr.Dataset, kind: str, colors: dict[str, Any]) -> None:
+    """One kind: raw (faint) and smoothed angle per layer; exact or empty layers named."""
     steps = result["step"].values
+    skipped: dict[str, list[str]] = {"exact": [], "none": []}
+    for layer, color in colors.items():
+        state = _layer_state(result, kind, layer)
+        if state != "drawn":
+            skipped[state].append(layer)
+            continue
+        raw = result["angle"].sel(kind=kind, layer=layer).values
+        sm = result["angle_smooth"].sel(kind=kind, layer=layer).values
+        ax.plot(steps, raw, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(steps, sm, color=color, linewidth=1.6, label=layer)
+    threshold = parameters(result).get("threshold")
+    if threshold is not None:
+        label = f"threshold {threshold:g}°"
+        ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8, label=label)
+    notes = [_left_out(skipped["exact"], "exact (0°)")] if skipped["exact"] else []
+    notes += [_left_out(skipped["none"], "no angle")] if skipped["none"] else []
+    title, ylabel = KIND_LABELS.get(kind, (f"{kind} angle", "angle to BP (°)"))
+    ax.set_title(title + (f"\n({'; '.join(notes)}, not drawn)" if notes else ""), fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+
+
+def plot_angles(result: xr.Dataset, kinds: list[str] | None = None, **_: Any) -> Figure | None:
+    """Angle to backprop of each layer's update, error signal δ and feedback matrix B, per step.
+
+    One panel per angle kind: raw angle (faint) and smoothed (solid) per layer, the threshold
+    dashed. Layers whose angle is exact (0°, the read-out under FA) or undefined are named, not
+    drawn. None for a backprop run (every angle 0 by construction) or when no kind has an angle
+    to show. ``kinds``: the kinds to draw (default: every informative one).
+    """
+    if is_exact(result):
+        return None
+    kinds = _shown_kinds(result, kinds)
+    if not kinds:
+        return None
+    layers = [str(v) for v in result["layer"].values]
+    colors = dict(zip(layers, layer_colors(len(layers)), strict=True))
+    fig = Figure(figsize=(3.9 * len(kinds) + 1.3, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(kinds), squeeze=False, sharey=True)[0]
     for ax, kind in zip(axes, kinds, strict=True):
-        for j, layer in enumerate(result["layer"].values):
-            color = f"C{j % 10}"
-            raw = result["angle"].sel(kind=kind, layer=layer).values
-            sm = result["angle_smooth"].sel(kind=kind, layer=layer).values
-            ax.plot(steps, raw, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, sm, color=color, linewidth=1.6, label=str(layer))
-        if threshold is not None:
-            ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8)
-        ax.set_title(f"{kind} angle")
-        ax.set_xlabel("step")
-        ax.set_ylabel("angle to backprop (degrees)")
-        ax.set_ylim(bottom=0)
-    axes[-1].legend(fontsize="small", title="layer")
+        _angle_panel(ax, result, kind, colors)
+    for ax in axes[1:]:
+        ax.tick_params(labelleft=True)  # each panel keeps its own scale labels
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    order = [name for name in layers if name in handles]
+    order += [name for name in handles if name not in layers]  # the threshold
+    fig.legend([handles[n] for n in order], order, loc="outside right upper", fontsize="small")
+    fig.suptitle(f"Alignment with backprop — {result.attrs.get('run', '')} ({result_rule(result)})")
     return fig

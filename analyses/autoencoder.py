@@ -48,6 +48,12 @@ NAME = "autoencoder"
 FILTER_LAYER = "fc1"
 #: share of the steps averaged for the loss at the start and at the end of a run
 LOSS_WINDOW = 0.05
+#: legend label of each loss term
+LOSS_LABELS = {
+    "loss": "total",
+    "recon_loss": "reconstruction (½ squared error)",
+    "sparsity_loss": "sparsity (β × KL)",
+}
 
 
 # ------------------------------------------------------------------------------- numerics
@@ -467,40 +473,50 @@ def _mosaic(images: np.ndarray, n_cols: int, pad: float = np.nan) -> np.ndarray:
 def plot_reconstructions(
     obj: xr.Dataset | xr.DataTree, n_probes: int = 8, n_times: int = 4
 ) -> Figure:
-    """Probe inputs (top row) and their reconstructions at up to ``n_times`` snapshots."""
+    """Probe inputs (top row) and the network's reconstructions of them as training went on.
+
+    Up to ``n_probes`` probes (columns) at up to ``n_times`` snapshots spread over the run
+    (rows), all on the grey scale of the inputs.
+    """
     result = _as_result(obj)
     shape = tuple(result.attrs["image_shape"])
     inputs = result["input"].values[:n_probes]
     times = _spread_indices(result.sizes["snapshot"], n_times)
     rows = [("input", inputs)] + [
-        (f"step {int(result['snapshot_step'][t])}", result["reconstruction"].values[t, :n_probes])
+        (str(int(result["snapshot_step"][t])), result["reconstruction"].values[t, :n_probes])
         for t in times
     ]
     h, w = shape
     # One mosaic image (row: input or a snapshot, column: a probe) draws far faster than a grid
     # of small axes; rows are labelled through the y ticks.
     mosaic = _mosaic(np.concatenate([imgs for _, imgs in rows]).reshape(-1, h, w), len(inputs))
-    fig = Figure(figsize=(0.9 * len(inputs) + 1.4, 0.9 * len(rows) + 0.7), layout="constrained")
+    fig = Figure(figsize=(0.9 * len(inputs) + 1.6, 0.9 * len(rows) + 1.0), layout="constrained")
     ax = fig.subplots()
     lo, hi = float(np.nanmin(inputs)), float(np.nanmax(inputs))
     ax.imshow(mosaic, cmap="gray", vmin=lo, vmax=hi)
     ax.set_xticks([])
     ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(len(rows))], [lab for lab, _ in rows])
     ax.tick_params(length=0, labelsize=8)
-    fig.suptitle(f"Probe inputs and reconstructions — {result.attrs.get('verdict', '')}")
+    ax.set_xlabel(f"probe input ({len(inputs)} of {result.sizes['probe']}, {h}×{w} pixels)")
+    ax.set_ylabel("reconstruction at step")
+    fig.suptitle(f"Reconstructions of the probe inputs — {result.attrs.get('verdict', '')}")
     return fig
 
 
 def plot_filters(obj: xr.Dataset | xr.DataTree, n_filters: int = 64) -> Figure | None:
-    """First-layer filters at initialisation and at the end, each scaled to its own range."""
+    """First-layer filters at initialisation and at the end of training, each on its own scale."""
     result = _as_result(obj)
     if "filters_init" not in result:
         return None
     shape = tuple(result.attrs["image_shape"])
-    fig = Figure(figsize=(9, 4.8), layout="constrained")
+    fig = Figure(figsize=(9, 5.0), layout="constrained")
     axes = fig.subplots(1, 2)
-    panels = ((axes[0], "filters_init", "initial"), (axes[1], "filters_final", "final"))
-    for ax, name, title in panels:
+    steps = result["filter_step"].values
+    panels = (
+        (axes[0], "filters_init", "smoothness_init", f"initial (step {steps[0]})"),
+        (axes[1], "filters_final", "smoothness_final", f"final (step {steps[-1]})"),
+    )
+    for ax, name, key, when in panels:
         w = result[name].values[:n_filters]
         scale = np.abs(w).max(axis=1, keepdims=True)
         w = np.where(scale > 0, w / np.where(scale > 0, scale, 1), 0.0)
@@ -508,52 +524,55 @@ def plot_filters(obj: xr.Dataset | xr.DataTree, n_filters: int = 64) -> Figure |
         ax.imshow(_mosaic(w.reshape(-1, *shape), n_cols), cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
-        key = "smoothness_init" if name == "filters_init" else "smoothness_final"
-        ax.set_title(f"{FILTER_LAYER} {title} (smoothness {float(result[key]):.2f})")
+        ax.set_title(f"{when}: smoothness {float(result[key]):.2f}", fontsize=10)
+        ax.set_xlabel(f"{len(w)} units, {shape[0]}×{shape[1]} pixels; red +, blue −")
+        ax.set_ylabel("weight / max |weight| of its unit")
+    fig.suptitle(f"{FILTER_LAYER} filters (smoothness: mean neighbouring-pixel correlation)")
     return fig
 
 
 def plot_fvu(result: xr.Dataset) -> Figure:
-    """FVU and specificity over the run, with the mean-image and PCA baselines as lines."""
+    """Reconstruction error (FVU) and input specificity over training, against two baselines."""
     result = _as_result(result)
-    fig = Figure(figsize=(7, 4), layout="constrained")
+    fig = Figure(figsize=(7.6, 3.8), layout="constrained")
     ax = fig.subplots()
     steps = result["snapshot_step"].values
     ax.plot(steps, result["fvu"].values, marker="o", label="FVU (network)")
     ax.plot(steps, result["specificity"].values, marker=".", ls="--", label="specificity")
-    ax.axhline(float(result["fvu_mean_image"]), color="grey", ls=":", label="FVU mean image")
+    ax.axhline(float(result["fvu_mean_image"]), color="grey", ls=":", label="FVU, mean image")
     ax.axhline(
         float(result["fvu_pca"]),
         color="green",
         ls=":",
-        label=f"FVU PCA ({result.attrs['pca_components']} comp.)",
+        label=f"FVU, PCA ({result.attrs['pca_components']} comp.)",
     )
     ax.set_xlabel("step")
     ax.set_ylabel("fraction of probe variance")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
-    ax.set_title("Reconstruction error against baselines")
+    fig.legend(loc="outside right upper", fontsize="small")
+    ax.set_title(f"Reconstruction error against baselines — {result.attrs.get('verdict', '')}")
     return fig
 
 
 def plot_loss(result: xr.Dataset) -> Figure | None:
-    """Training loss split into its reconstruction and sparsity terms over steps."""
+    """Training loss per step split into its reconstruction and sparsity terms."""
     result = _as_result(result)
     if "recon_loss" not in result:
         return None
-    fig = Figure(figsize=(7, 4), layout="constrained")
+    fig = Figure(figsize=(7.6, 3.8), layout="constrained")
     ax = fig.subplots()
     steps = result["step"].values
     terms = [t for t in ("loss", "recon_loss", "sparsity_loss") if t in result]
     for term in terms:
-        ax.plot(steps, result[term].values, lw=1, label=term.replace("_", " "))
+        ax.plot(steps, result[term].values, lw=1, label=LOSS_LABELS.get(term, term))
     values = np.concatenate([result[t].values for t in terms])
     values = values[np.isfinite(values)]
     # Terms orders of magnitude apart (a dominant sparsity penalty) share a log axis.
-    if values.size and values.min() > 0 and values.max() / values.min() > 100:
+    log = bool(values.size and values.min() > 0 and values.max() / values.min() > 100)
+    if log:
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
-    ax.set_title("Loss terms")
+    ax.set_ylabel("loss per sample, batch mean" + (" (log scale)" if log else ""))
+    fig.legend(loc="outside right upper", fontsize="small")
+    ax.set_title("Training loss and its terms")
     return fig

@@ -5,18 +5,31 @@ coordinate (``rule.name``, ``model.depth``, ``train.seed``, ...). An *arm* is a 
 that share the grouping keys' values and differ only in the rest (by default: only in the seed),
 so its spread across runs is seed-to-seed variability; each arm gets the mean over its runs and
 a seeded percentile-bootstrap confidence interval of that mean. Named comparisons (BP vs FA,
-depth x batch norm, ...) are just choices of grouping keys (:data:`GROUPINGS`).
+depth x batch norm, ...) are just choices of grouping keys (:data:`GROUPINGS`). Keys that only
+say how a run was made (threads, device, probe schedule, data folder) never split an arm.
+
+Every arm also gets a short readable name (its preset's, or its keys in short form such as
+``fa depth=5 bn=standard``) and a fixed colour, so every figure and table shows it alike.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+import textwrap
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from dynalign.analyses.alignment import hidden_update_plateau
 from dynalign.analyses.smoothing import (
     AnalysisError,
@@ -28,7 +41,6 @@ from dynalign.analyses.smoothing import (
     provenance,
     run_name,
 )
-from matplotlib.figure import Figure
 
 NAME = "compare"
 CURVES = ("train_accuracy", "val_accuracy", "train_loss", "val_loss")
@@ -47,7 +59,30 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
     "batch_norm": ("rule.name", "model.batch_norm"),
     "activation": ("rule.name", "model.activation", "model.batch_norm"),
 }
-DEFAULT_EXCLUDE = ("train.seed",)
+#: keys that never form arms: the seed (what an arm's CI is over) and keys that only say how or
+#: where a run was made; an entry ending in "." covers its whole section
+DEFAULT_EXCLUDE = ("train.seed", "train.threads", "train.device", "data.data_dir", "probes.")
+#: short forms of keys in arm names; "" shows the value alone (``fa``, ``mlp``, ``digits``)
+SHORT_KEYS = {
+    "rule.name": "",
+    "model.kind": "",
+    "data.name": "",
+    "model.batch_norm": "bn",
+    "model.activation": "act",
+    "constraint.sign": "sign",
+    "train.optimizer": "opt",
+}
+#: arm names made of keys longer than this give way to the arms' common run names, if distinct
+ARM_NAME_MAX = 32
+#: from this many arms on, learning curves get one row of panels per rule (or other key)
+FACET_FROM = 7
+#: keys to facet by, in order of preference, before any other grouping key
+FACET_KEYS = ("rule.name", "model.kind", "data.name")
+
+
+def excluded(key: str, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> bool:
+    """Whether ``key`` is one of ``exclude`` or lies in a section it names (``"probes."``)."""
+    return any(key == e or (e.endswith(".") and key.startswith(e)) for e in exclude)
 
 
 def applies(trees: xr.DataTree | Sequence[xr.DataTree]) -> bool:
@@ -181,7 +216,7 @@ def analyze(
         coords[key] = ("run", _coordinate([c.get(key) for c in configs]))
     result = xr.Dataset(data, coords=coords)
 
-    group_keys = [k for k in varying if k not in exclude] if by is None else _grouping(by)
+    group_keys = [k for k in varying if not excluded(k, exclude)] if by is None else _grouping(by)
     result.attrs.update(
         {
             "analysis": NAME,
@@ -269,13 +304,10 @@ def arms(
     seed = int(params.get("seed", 0) if seed is None else seed)
 
     values = {k: _key_values(result, k) for k in keys}
-    n_runs = result.sizes["run"]
-    signature = [tuple(_label(values[k][i]) for k in keys) for i in range(n_runs)]
-    order = list(dict.fromkeys(signature))  # arms in order of first appearance
+    order, groups = _members(values, keys, result.sizes["run"])
     labels = [
         ", ".join(f"{k}={v}" for k, v in zip(keys, sig, strict=True)) or "all" for sig in order
     ]
-    members = [[i for i in range(n_runs) if signature[i] == sig] for sig in order]
 
     data: dict[str, Any] = {}
     per_run = [v for v in SUMMARIES if v in result.data_vars]
@@ -284,7 +316,7 @@ def arms(
         arr = result[var].values
         arr2 = arr[:, None] if arr.ndim == 1 else arr
         means, lows, highs = [], [], []
-        for idx in members:
+        for idx in groups:
             sub = arr2[idx]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -308,10 +340,12 @@ def arms(
             )
     coords: dict[str, Any] = {
         "arm": np.array(labels, dtype=object),
-        "n_runs": ("arm", np.array([len(m) for m in members]), {"units": "1", "long_name": "runs"}),
+        "n_runs": ("arm", np.array([len(m) for m in groups]), {"units": "1", "long_name": "runs"}),
+        "arm_name": ("arm", np.array(_arm_names(result, keys, order, groups), dtype=object)),
+        "arm_color": ("arm", np.array(arm_colors(len(order)), dtype=object)),
     }
     for key in keys:
-        coords[key] = ("arm", _coordinate([values[key][m[0]] for m in members]))
+        coords[key] = ("arm", _coordinate([values[key][m[0]] for m in groups]))
     if "epoch" in result.coords:
         coords["epoch"] = result["epoch"]
     out = xr.Dataset(data, coords=coords)
@@ -319,6 +353,7 @@ def arms(
     pooled = [k for k in varying if k not in keys]
     out.attrs.update(
         {
+            "members": json.dumps(groups),
             "by": json.dumps(keys),
             "pooled": json.dumps(pooled),
             "bootstrap": f"percentile bootstrap of the mean, {n_boot} resamples, level "
@@ -326,6 +361,108 @@ def arms(
         }
     )
     return out
+
+
+def _members(
+    values: dict[str, list[Any]], keys: list[str], n_runs: int
+) -> tuple[list[tuple[str, ...]], list[list[int]]]:
+    """The arms' key values in order of first appearance, and each arm's run indices."""
+    signature = [tuple(_label(values[k][i]) for k in keys) for i in range(n_runs)]
+    order = list(dict.fromkeys(signature))
+    return order, [[i for i in range(n_runs) if signature[i] == sig] for sig in order]
+
+
+def members(grouped: xr.Dataset) -> list[list[int]]:
+    """The run indices (positions along ``run``) of each arm of an :func:`arms` result."""
+    return json.loads(grouped.attrs["members"])
+
+
+# ---------------------------------------------------------------------------- names, colours
+
+
+def arm_colors(n: int) -> list[str]:
+    """``n`` distinct colours, one per arm: tab10 up to 10 arms, then tab20 (its dark half
+    first, so neighbouring arms differ), then tab20b and tab20c; beyond 50 they repeat."""
+    if n <= 10:
+        palette = list(colormaps["tab10"].colors)
+    else:
+        tab20 = list(colormaps["tab20"].colors)
+        palette = tab20[0::2] + tab20[1::2]
+        palette += list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors)
+    return [to_hex(palette[i % len(palette)]) for i in range(n)]
+
+
+def short_name(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """An arm's keys in short form, bare values first: ``fa depth=5 bn=standard``."""
+    shorts = [SHORT_KEYS.get(k, k.rsplit(".", 1)[-1]) for k in keys]
+    clash = {s for s in shorts if s and shorts.count(s) > 1}  # two sections' excitatory_fraction
+    parts = [
+        (short != "", _label(v) if short == "" else f"{k if short in clash else short}={_label(v)}")
+        for k, v, short in zip(keys, values, shorts, strict=True)
+    ]
+    return " ".join(text for _, text in sorted(parts, key=lambda p: p[0])) or "all"
+
+
+@functools.cache
+def _preset_configs() -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """Every shipped preset's full config (defaults plus the preset) as scientific key/values."""
+    from dynalign.config import Config, ConfigError, apply, flatten, load_preset, preset_names
+
+    out = []
+    for name in preset_names():
+        try:
+            config = flatten(apply(Config(), load_preset(name)).to_dict())
+        except ConfigError:
+            continue
+        out.append((name, _scientific(config)))
+    return tuple(out)
+
+
+def _scientific(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What a run tested: its config without the seed and how-it-was-run keys, comparable."""
+    return tuple(sorted((k, _label(v)) for k, v in config.items() if not excluded(k)))
+
+
+def preset_name(config: dict[str, Any]) -> str | None:
+    """The shipped preset whose config ``config`` is (seed and how-it-was-run keys aside)."""
+    wanted = _scientific(config)
+    return next((name for name, preset in _preset_configs() if preset == wanted), None)
+
+
+def _arm_names(
+    result: xr.Dataset, keys: list[str], order: list[tuple[str, ...]], groups: list[list[int]]
+) -> list[str]:
+    """The arms' preset names where every arm is a shipped preset (its runs differ in nothing
+    else), else their keys in short form (only the keys whose values differ between arms): a
+    mix would hide what the preset arms differ in."""
+    configs = json.loads(result.attrs.get("run_configs", "{}"))
+    runs = [str(r) for r in result["run"].values]
+    presets = []
+    for idx in groups:
+        tested = {_scientific(configs.get(runs[i], {})) for i in idx}
+        presets.append(preset_name(configs.get(runs[idx[0]], {})) if len(tested) == 1 else None)
+    if all(presets) and len(set(presets)) == len(presets):
+        return [str(p) for p in presets]
+    shown = [j for j, _ in enumerate(keys) if len({sig[j] for sig in order}) > 1 or len(order) == 1]
+    if not shown:  # nothing tells the arms apart: name the one arm by its rule, where it has one
+        rules = {configs.get(r, {}).get("rule.name") for r in runs}
+        return [str(rules.pop()) if len(rules) == 1 and None not in rules else "all"] * len(order)
+    names = unique_names(
+        [short_name([keys[j] for j in shown], [sig[j] for j in shown]) for sig in order]
+    )
+    if max(map(len, names)) <= ARM_NAME_MAX:
+        return names
+    stems = [run_stem([runs[i] for i in idx]) for idx in groups]
+    return stems if all(stems) and len(set(stems)) == len(stems) else names
+
+
+def run_stem(names: Sequence[str]) -> str:
+    """What an arm's run names share, without a trailing seed mark: ``fa-d2`` for
+    ``fa-d2-s0`` and ``fa-d2-s1``; a lone run's whole name."""
+    if len(names) == 1:
+        return names[0]
+    common = os.path.commonprefix(list(names))
+    return re.sub(r"[-_.]*(seed|s)?[-_.]*$", "", common)
 
 
 # ---------------------------------------------------------------------------- output
@@ -378,30 +515,124 @@ def table(result: xr.Dataset, by: Sequence[str] | str | None = None) -> str:
     return "\n".join(lines)
 
 
+#: legend labels wrap at this many characters, so a long arm name widens no figure much
+LABEL_WIDTH = 28
+#: inches per legend entry (small font) and per arm of a dot plot
+ENTRY_HEIGHT = 0.2
+
+
+def _wrap(label: str) -> str:
+    return "\n".join(textwrap.wrap(label, LABEL_WIDTH, break_on_hyphens=False)) or label
+
+
+def facets(grouped: xr.Dataset) -> list[tuple[str, list[int]]]:
+    """Groups of arms that share a panel: one group up to :data:`FACET_FROM` arms, else one per
+    value of the first key (rule.name first) that splits the arms into several groups."""
+    n = grouped.sizes["arm"]
+    keys = json.loads(grouped.attrs.get("by", "[]"))
+    if n >= FACET_FROM:
+        ranked = [k for k in FACET_KEYS if k in keys] + [k for k in keys if k not in FACET_KEYS]
+        for key in ranked:
+            values = [_label(v) for v in grouped[key].values]
+            distinct = list(dict.fromkeys(values))
+            if 1 < len(distinct) < n:
+                short = SHORT_KEYS.get(key, key.rsplit(".", 1)[-1])
+                return [
+                    (f"{short}={v}" if short else v, [a for a in range(n) if values[a] == v])
+                    for v in distinct
+                ]
+    return [("", list(range(n)))]
+
+
+def _legend_size(grouped: xr.Dataset) -> tuple[float, float]:
+    """(width, height) in inches a one-column legend of every arm needs, with its label."""
+    labels = [_wrap(_arm_label(grouped, a)) for a in range(grouped.sizes["arm"])]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    longest = max((len(line) for label in labels for line in label.split("\n")), default=0)
+    return 0.6 + 0.075 * longest, 0.5 + ENTRY_HEIGHT * lines
+
+
+def _arm_label(grouped: xr.Dataset, a: int) -> str:
+    return f"{grouped['arm_name'].values[a]} (n={int(grouped['n_runs'].values[a])})"
+
+
 def plot_learning_curves(
     result: xr.Dataset,
     by: Sequence[str] | str | None = None,
     variables: Sequence[str] = ("train_accuracy", "val_accuracy"),
     **_: Any,
 ) -> Figure:
-    """Mean learning curve per arm with its bootstrap CI band, one panel per variable."""
+    """Learning curves per arm: mean over the arm's runs with its bootstrap CI band."""
     unknown = [v for v in variables if v not in CURVES]
     if unknown:
         raise AnalysisError(f"no learning curve {unknown}; choose from {', '.join(CURVES)}")
     grouped = arms(result, by)
     epochs = grouped["epoch"].values if "epoch" in grouped.coords else np.array([])
-    fig = Figure(figsize=(4.6 * len(variables), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(variables), squeeze=False)[0]
-    for ax, var in zip(axes, variables, strict=True):
-        for a in range(grouped.sizes["arm"]):
-            g = grouped.isel(arm=a)
-            color = f"C{a % 10}"
-            label = f"{g['arm'].item()} (n={int(g['n_runs'])})"
-            ax.plot(epochs, g[f"{var}_mean"].values, color=color, label=label)
-            low, high = g[f"{var}_low"].values, g[f"{var}_high"].values
-            if np.isfinite(low).any():
-                ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
+    rows = facets(grouped)
+    legend_w, legend_h = _legend_size(grouped)
+    height = max(2.9 * len(rows), legend_h)
+    fig = Figure(figsize=(4.2 * len(variables) + legend_w, height), layout="constrained")
+    axes = fig.subplots(len(rows), len(variables), squeeze=False, sharex=True, sharey="col")
+    for (title, chosen), row in zip(rows, axes, strict=True):
+        for ax, var in zip(row, variables, strict=True):
+            for a in chosen:
+                _draw_arm(ax, grouped, a, var, epochs)
+            ax.set_ylabel(var.replace("_", " "))
+            ax.grid(alpha=0.3)
+        if title:
+            row[0].set_title(title, loc="left", fontsize="medium")
+    for ax in axes[-1]:
         ax.set_xlabel("epoch")
-        ax.set_ylabel(var.replace("_", " "))
-    axes[0].legend(fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.legend(*_legend_entries(axes), loc="outside right upper", fontsize="small", frameon=False)
+    return fig
+
+
+def _draw_arm(ax: Any, grouped: xr.Dataset, a: int, var: str, epochs: np.ndarray) -> None:
+    """One arm's mean curve (markers where there are few epochs) and its CI band."""
+    g = grouped.isel(arm=a)
+    color = str(g["arm_color"].item())
+    label = _wrap(_arm_label(grouped, a))
+    marker = "o" if len(epochs) <= 12 else None
+    ax.plot(epochs, g[f"{var}_mean"].values, color=color, marker=marker, markersize=3, label=label)
+    low, high = g[f"{var}_low"].values, g[f"{var}_high"].values
+    if np.isfinite(low).any():
+        ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def _legend_entries(axes: np.ndarray) -> tuple[list[Any], list[str]]:
+    """Every arm's line once, in arm order (each facet row holds only some arms)."""
+    entries: dict[str, Any] = {}
+    for row in axes:
+        handles, labels = row[0].get_legend_handles_labels()
+        entries.update(zip(labels, handles, strict=True))
+    return list(entries.values()), list(entries)
+
+
+def plot_best_accuracy(result: xr.Dataset, by: Sequence[str] | str | None = None, **_: Any):
+    """Best validation accuracy per arm: each run (dots), the arm's mean and 95% bootstrap CI."""
+    grouped = arms(result, by)
+    if not np.isfinite(grouped["best_val_accuracy_mean"].values).any():
+        return None
+    n = grouped.sizes["arm"]
+    width = 5.2 + min(0.075 * max(len(str(v)) for v in grouped["arm_name"].values), 3.0)
+    labels = [_wrap(_arm_label(grouped, a)) for a in range(n)]
+    lines = max(label.count("\n") + 1 for label in labels)  # ticks are evenly spaced
+    rows = n * max(0.3, ENTRY_HEIGHT * lines)
+    fig = Figure(figsize=(width, 0.9 + rows), layout="constrained")
+    ax = fig.add_subplot()
+    runs = result["best_val_accuracy"].values * 100
+    for a, idx in enumerate(members(grouped)):
+        g = grouped.isel(arm=a)
+        color = str(g["arm_color"].item())
+        y = n - 1 - a  # first arm on top
+        ax.plot(runs[idx], np.full(len(idx), y), "o", mfc="none", color=color, alpha=0.6)
+        mean = float(g["best_val_accuracy_mean"]) * 100
+        low, high = (float(g[f"best_val_accuracy_{p}"]) * 100 for p in ("low", "high"))
+        bar = [[mean - low], [high - mean]] if np.isfinite(low) else None
+        ax.errorbar([mean], [y], xerr=bar, fmt="D", color=color, capsize=3)
+    ax.set_yticks(range(n), labels[::-1])
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("best validation accuracy (%)")
+    ax.grid(axis="x", alpha=0.3)
     return fig

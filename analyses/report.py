@@ -1,213 +1,462 @@
-"""One self-contained HTML report (and optionally a PDF) for one run or many.
+"""One self-contained HTML report (and optionally a compact PDF) for one run or many.
 
-For every run: its status, dataset and config, then each analysis that applies: its text table
-and all its figures. With several runs a comparison section follows. Figures are rendered with
-matplotlib's Agg canvas and embedded as base64 PNGs, so the HTML is one file that can be mailed
-or archived; the PDF holds the same tables (as text pages) and figures, via matplotlib's
-PdfPages, so it needs no extra dependency. Sections are rendered as they are produced and each
-figure is dropped once written, so memory does not grow with the number of runs.
+The page leads with answers. First a summary, one row per arm (runs that differ only in their
+seed or in how they were run, see ``compare.DEFAULT_EXCLUDE``): rule, model, data, status, best
+and final accuracy and plateau angle (with bootstrap CIs over an arm's runs) and the verdicts
+of the analyses that give one. Then the comparison figures, then every run's details, folded:
+what its config changes from the defaults, its learning curves, each analysis's table and
+figures, and the full config. An arm keeps one colour in every table and figure, and every
+figure is captioned with the first line of its plot function's docstring. How blocks become
+HTML and PDF pages (tables that wrap, figure grids, a few PDF pages) is :mod:`.layout`'s job.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import functools
 import html
-import io
+import inspect
+import json
 import os
 import re
 import sys
 import tempfile
-import textwrap
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import xarray as xr
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.backends.backend_pdf import PdfPages
-from matplotlib.figure import Figure
+from matplotlib.colors import to_hex
 from tqdm import tqdm
 
-from . import COMPARE, READ_ERRORS, applicable, describe_failure, figures, open_tree
+from dynalign.config import Config, flatten
+
+from . import COMPARE, READ_ERRORS, applicable, curves, describe_failure, figures, open_tree
+from .compare import ci_cell, members, short_name, unique_names
+from .curves import plot_run_curves
+from .layout import Cell, Writer
 from .smoothing import AnalysisError, flat_config, now_iso, run_name, run_source
 
 #: show a progress bar from this many runs on (and only on a terminal)
 PROGRESS_MIN_RUNS = 3
-#: text lines per PDF page (A4 portrait, 7 pt monospace) and characters per line
-PDF_LINES = 90
-PDF_COLUMNS = 110
-PNG_DPI = 100
-
-STYLE = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #aaa; margin-top: 2em; }
-table.kv { border-collapse: collapse; font-size: 0.9em; }
-table.kv td, table.kv th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
-table.kv th { background: #eee; }
-pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-figure { margin: 1em 0; } figure img { max-width: 100%; }
-figcaption { font-size: 0.85em; color: #555; }
-.status-completed { color: #070; } .status-diverged, .status-failed { color: #b00; }
-.error { color: #b00; }
-"""
+#: [model] keys that size the model: always shown in its one-line description
+SHAPE_KEYS = ("depth", "width", "channels", "code_size")
+#: the summary's numbers: compare variable, header, scale, digits
+SUMMARY_COLUMNS = (
+    ("best_val_accuracy", "best val acc %", 100.0, 1),
+    ("final_val_accuracy", "final val acc %", 100.0, 1),
+    ("update_angle_plateau", "plateau angle °", 1.0, 1),
+)
+NO_DEFAULT = "(not a default key)"
 
 
-class _Writer:
-    """Builds the HTML page and, when asked, the PDF, block by block."""
+@dataclass
+class _Run:
+    """What the summary needs of one run, gathered while its section is drawn."""
 
-    def __init__(self, pdf_path: Path | None):
-        self.parts: list[str] = []
-        self.pdf = PdfPages(pdf_path) if pdf_path is not None else None
-        self.text: list[str] = []  # text waiting for the next PDF text page
-        self.n_figures = 0
-
-    # -- blocks -------------------------------------------------------------------------------
-    def heading(self, level: int, text: str, anchor: str = "") -> None:
-        ident = f' id="{html.escape(anchor)}"' if anchor else ""
-        self.parts.append(f"<h{level}{ident}>{html.escape(text)}</h{level}>")
-        self._pdf_text(["", text, "=" * min(len(text), PDF_COLUMNS) if level <= 2 else ""])
-
-    def paragraph(self, text: str, css: str = "") -> None:
-        cls = f' class="{css}"' if css else ""
-        self.parts.append(f"<p{cls}>{html.escape(text)}</p>")
-        self._pdf_text(textwrap.wrap(text, PDF_COLUMNS) or [""])
-
-    def raw(self, markup: str, text: str) -> None:
-        """Prepared HTML, with its plain-text rendering for the PDF."""
-        self.parts.append(markup)
-        self._pdf_text(text.splitlines())
-
-    def key_values(self, rows: list[tuple[str, Any]], head: tuple[str, str]) -> None:
-        cells = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-            for k, v in rows
-        )
-        self.parts.append(
-            f'<table class="kv"><tr><th>{html.escape(head[0])}</th>'
-            f"<th>{html.escape(head[1])}</th></tr>{cells}</table>"
-        )
-        width = max((len(str(k)) for k, _ in rows), default=0)
-        self._pdf_text([f"  {str(k).ljust(width)}  {v}" for k, v in rows])
-
-    def preformatted(self, text: str) -> None:
-        self.parts.append(f"<pre>{html.escape(text)}</pre>")
-        self._pdf_text(text.splitlines())
-
-    def figure(self, fig: Figure, caption: str) -> None:
-        buf = io.BytesIO()
-        FigureCanvasAgg(fig)  # attach the Agg canvas: savefig renders with it
-        fig.savefig(buf, format="png", dpi=PNG_DPI)
-        data = base64.b64encode(buf.getvalue()).decode("ascii")
-        self.parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
-        self.n_figures += 1
-        if self.pdf is not None:
-            self._flush_text()
-            fig.text(0.01, 0.005, caption, fontsize=6, color="0.4")
-            self.pdf.savefig(fig)
-
-    # -- PDF text pages -----------------------------------------------------------------------
-    def _pdf_text(self, lines: list[str]) -> None:
-        if self.pdf is None:
-            return
-        for line in lines:
-            self.text.extend(textwrap.wrap(line, PDF_COLUMNS, subsequent_indent="    ") or [""])
-
-    def _flush_text(self) -> None:
-        lines, self.text = self.text, []
-        while lines and not lines[0].strip():
-            lines.pop(0)
-        for start in range(0, len(lines), PDF_LINES):
-            page = Figure(figsize=(8.27, 11.69))  # A4 portrait
-            page.text(
-                0.05,
-                0.97,
-                "\n".join(lines[start : start + PDF_LINES]),
-                va="top",
-                family="monospace",
-                fontsize=7,
-            )
-            self.pdf.savefig(page)
-
-    def close(self) -> None:
-        if self.pdf is not None:
-            self._flush_text()
-            self.pdf.close()
-
-    def page(self, title: str) -> str:
-        body = "\n".join(self.parts)
-        return (
-            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body>\n{body}\n</body></html>\n"
-        )
+    index: int
+    name: str
+    status: str
+    config: dict[str, Any]
+    data: str
+    verdicts: dict[str, str] = field(default_factory=dict)
 
 
-def _config_rows(tree: xr.DataTree) -> list[tuple[str, Any]]:
-    return sorted(flat_config(tree).items())
+# ----------------------------------------------------------------------------- small pieces
 
 
-def _dataset_rows(tree: xr.DataTree) -> list[tuple[str, Any]]:
+def swatch(color: str) -> str:
+    """A small square of an arm's colour, to put before its name."""
+    return f'<span class="swatch" style="background:{html.escape(color)}"></span>'
+
+
+def _status_markup(status: str) -> str:
+    return f'<b class="status-{html.escape(status)}">{html.escape(status)}</b>'
+
+
+def caption(module: ModuleType, plot_name: str) -> str:
+    """A figure's caption: the first line of its plot function's docstring."""
+    doc = inspect.getdoc(getattr(module, plot_name, None)) or ""
+    return doc.splitlines()[0] if doc else plot_name.removeprefix("plot_").replace("_", " ")
+
+
+def headline(verdict: str) -> str:
+    """A verdict's short form: what comes before its colon (``no unlearning``)."""
+    return verdict.split(":", 1)[0].strip()
+
+
+def named(analysis: str, verdict: str) -> str:
+    """A verdict that says which analysis gave it: ``autoencoder: reconstructs``, but
+    ``no unlearning`` as it is."""
+    return verdict if analysis in headline(verdict) else f"{analysis}: {verdict}"
+
+
+def _percent(value: float) -> str:
+    return "-" if not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return flatten(Config().to_dict())
+
+
+@functools.cache
+def _model_reads(kind: Any) -> tuple[str, ...] | None:
+    """The [model] keys a model kind reads; None for a kind this dynalign does not know."""
+    from dynalign import registry
+
+    if not isinstance(kind, str) or kind not in registry.MODELS:
+        return None
+    return tuple(registry.MODELS.load(kind).reads)
+
+
+def read_by_model(key: str, config: dict[str, Any]) -> bool:
+    """False for a [model] key the run's model kind does not read: its value means nothing."""
+    if not key.startswith("model.") or key == "model.kind":
+        return True
+    reads = _model_reads(config.get("model.kind"))
+    return reads is None or key.removeprefix("model.") in reads
+
+
+def config_changes(config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, value, default)`` for every key a run's flat config sets away from dynalign's
+    defaults, leaving out the [model] keys its model kind does not read."""
+    defaults = _defaults()
+    return [
+        (key, value, defaults.get(key, NO_DEFAULT))
+        for key, value in sorted(config.items())
+        if (key not in defaults or value != defaults[key]) and read_by_model(key, config)
+    ]
+
+
+def model_text(config: dict[str, Any]) -> str:
+    """The model in a few words: ``mlp 3×512 bn=standard`` (its size, and what it changes)."""
+    kind = str(config.get("model.kind", "?"))
+    reads = _model_reads(kind) or ()
+    shown = [
+        k
+        for k in reads
+        if k in SHAPE_KEYS or config.get(f"model.{k}") != _defaults().get(f"model.{k}")
+    ]
+    parts = [kind]
+    if "depth" in shown and "width" in shown:
+        parts.append(f"{config['model.depth']}×{config['model.width']}")
+        shown = [k for k in shown if k not in ("depth", "width")]
+    parts += [short_name([f"model.{k}"], [config.get(f"model.{k}")]) for k in shown]
+    return " ".join(parts)
+
+
+def rule_text(config: dict[str, Any]) -> str:
+    """The learning rule, and the sign constraint where there is one."""
+    rule = str(config.get("rule.name", "?"))
+    sign = config.get("constraint.sign", "none")
+    return rule if sign in ("none", None) else f"{rule} sign={sign}"
+
+
+def data_text(tree: xr.DataTree, config: dict[str, Any]) -> str:
+    """The data set and its sizes as recorded (``digits, 1297 train / 500 val``)."""
     info = tree.attrs.get("dataset")
-    return sorted(info.items()) if isinstance(info, dict) else []
+    info = info if isinstance(info, dict) else {}
+    name = info.get("name", config.get("data.name", "?"))
+    n_train = info.get("n_train") or config.get("data.n_train")
+    n_val = info.get("n_val", config.get("data.n_val"))
+    return f"{name}, {n_train} train / {n_val} val" if n_train else str(name)
 
 
-def _run_section(out: _Writer, tree: xr.DataTree, index: int) -> None:
-    name = run_name(tree, default=f"run {index + 1}")
-    out.heading(2, name, anchor=f"run-{index + 1}")
-    attrs = tree.attrs
-    status = str(attrs.get("status", "unknown"))
-    message = str(attrs.get("message", "") or "")
-    out.raw(
-        f'<p>status: <b class="status-{html.escape(status)}">{html.escape(status)}</b>'
-        + (f" — {html.escape(message)}" if message else "")
-        + f"<br>store: {html.escape(run_source(tree) or '(in memory)')}"
-        + f"<br>created {html.escape(str(attrs.get('created', '?')))} with dynalign "
-        + f"{html.escape(str(attrs.get('dynalign_version', '?')))}, torch "
-        + f"{html.escape(str(attrs.get('torch_version', '?')))}</p>",
-        f"status: {status}"
-        + (f" — {message}" if message else "")
-        + f"\nstore: {run_source(tree) or '(in memory)'}",
-    )
-    if _dataset_rows(tree):
-        out.heading(3, "Dataset")
-        out.key_values(_dataset_rows(tree), ("field", "value"))
-    out.heading(3, "Configuration")
-    out.key_values(_config_rows(tree), ("key", "value"))
-    modules = applicable(tree)
-    if not modules:
-        out.paragraph("No analysis applies to this run.")
-    for module in modules:
-        _analysis_section(out, module, lambda m=module: m.analyze(tree), name)
-
-
-def _analysis_section(
-    out: _Writer, module: ModuleType, run: Any, label: str, level: int = 3, draw: bool = True
-) -> None:
-    """One analysis: its table and figures (``draw``), or the reason it could not run."""
-    out.heading(level, f"{module.NAME}")
+def _checked_config(tree: xr.DataTree, index: int) -> dict[str, Any]:
+    """The run's flat config; a damaged one fails naming the run (a report covers many)."""
     try:
-        result = run()
+        return flat_config(tree)
+    except AnalysisError as err:
+        where = run_source(tree) or run_name(tree, default=f"run {index + 1}")
+        raise AnalysisError(f"{where}: {err}") from None
+
+
+# ----------------------------------------------------------------------------- analyses
+
+
+def _analyze(module: ModuleType, run: Callable[[], xr.Dataset]) -> xr.Dataset | Exception:
+    """The analysis result, or what reading or analysing raised (shown in place)."""
+    try:
+        return run()
     except READ_ERRORS as err:  # AnalysisError included: the report goes on with the next
-        out.paragraph(f"{module.NAME} could not analyse this: {describe_failure(err)}", css="error")
+        return err
+
+
+def _verdicts(outcomes: list[tuple[ModuleType, xr.Dataset | Exception]]) -> dict[str, str]:
+    """Per analysis with a verdict (or that failed), its full verdict sentence."""
+    out = {}
+    for module, outcome in outcomes:
+        if isinstance(outcome, Exception):
+            out[module.NAME] = "could not analyse this run"
+        elif outcome.attrs.get("verdict"):
+            out[module.NAME] = str(outcome.attrs["verdict"])
+    return out
+
+
+def _analysis_block(
+    out: Writer,
+    module: ModuleType,
+    outcome: xr.Dataset | Exception,
+    label: str,
+    level: int = 3,
+    draw: bool = True,
+    pdf: bool = True,
+) -> None:
+    """One analysis: its table and figures (``draw``), or the reason it could not run;
+    ``pdf``: its table goes to the PDF too (figures always do)."""
+    out.heading(level, module.NAME, pdf=pdf)
+    if isinstance(outcome, Exception):
+        text = f"{module.NAME} could not analyse this: {describe_failure(outcome)}"
+        out.paragraph(text, css="error")
         return
-    out.preformatted(module.table(result))
-    for plot_name, fig in figures(module, result) if draw else ():
-        out.figure(fig, f"{label}: {module.NAME} — {plot_name.removeprefix('plot_')}")
+    out.text_table(module.table(outcome), pdf=pdf)
+    if draw:
+        with out.gallery():
+            for plot_name, fig in figures(module, outcome):
+                text = caption(module, plot_name)
+                out.figure(fig, text, alt=f"{label}: {text}")
 
 
-def _contents(trees: list[xr.DataTree]) -> str:
-    """Links to every run's section (with its status) and to the comparison."""
-    items = "".join(
-        f'<li><a href="#run-{i + 1}">{html.escape(run_name(t, default=f"run {i + 1}"))}</a> '
-        f"({html.escape(str(t.attrs.get('status', '?')))})</li>"
-        for i, t in enumerate(trees)
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class _Arm:
+    """The arm a run belongs to, as every part of the report shows it."""
+
+    name: str
+    color: str
+
+
+def _run_section(out: Writer, tree: xr.DataTree, run: _Run, arm: _Arm, numbers: xr.Dataset) -> None:
+    """The run's details, folded: status, config changes, learning curves, analyses, full
+    config; one PDF sheet with the key text as its header and every figure."""
+    outcomes = [(m, _analyze(m, lambda m=m: m.analyze(tree))) for m in applicable(tree)]
+    run.verdicts = _verdicts(outcomes)
+    with out.fold(_run_summary(run, arm, numbers), anchor=f"run-{run.index + 1}", css="run"):
+        out.new_sheet(f"{run.name} — {run.status}")
+        _run_header(out, tree, run, arm, numbers)
+        _config_changes(out, run.config)
+        _curves_figure(out, tree, arm.color, run.name)
+        if not outcomes:
+            out.paragraph("No analysis applies to this run.", pdf=False)
+        for module, outcome in outcomes:
+            _analysis_block(out, module, outcome, run.name, pdf=False)
+        _full_config(out, tree, run.config)
+
+
+def _curves_figure(out: Writer, tree: xr.DataTree, color: str, label: str) -> None:
+    """The run's learning curves in its arm's colour (none for a run without an epoch)."""
+    fig = plot_run_curves(tree, color=color)
+    if fig is not None:
+        text = caption(curves, "plot_run_curves")
+        with out.gallery():
+            out.figure(fig, text, alt=f"{label}: {text}")
+
+
+def _run_summary(run: _Run, arm: _Arm, numbers: xr.Dataset) -> str:
+    """What shows of a run while its section is folded: name, status, arm, accuracy, verdicts."""
+    best = float(numbers["best_val_accuracy"])
+    bits = [f"arm {html.escape(arm.name)}"]
+    if np.isfinite(best):
+        bits.append(f"best val {_percent(best)}")
+    bits += [html.escape(named(n, headline(v))) for n, v in run.verdicts.items()]
+    return (
+        f"{swatch(arm.color)}<b>{html.escape(run.name)}</b> — {_status_markup(run.status)}"
+        f" · {' · '.join(bits)}"
     )
-    return f'<nav><ul>{items}<li><a href="#compare">Comparison</a></li></ul></nav>'
+
+
+def _run_header(out: Writer, tree: xr.DataTree, run: _Run, arm: _Arm, numbers: xr.Dataset) -> None:
+    """Status, arm, rule, model, data and store; in the PDF also the run's numbers and full
+    verdicts (its analysis tables stay in the HTML)."""
+    attrs = tree.attrs
+    message = str(attrs.get("message", "") or "")
+    store = run_source(tree) or "(in memory)"
+    versions = (
+        f"created {attrs.get('created', '?')} with dynalign {attrs.get('dynalign_version', '?')}"
+        f", torch {attrs.get('torch_version', '?')}"
+    )
+    out.raw(
+        f"<p>status: {_status_markup(run.status)}"
+        + (f" — {html.escape(message)}" if message else "")
+        + f"<br>arm: {swatch(arm.color)}{html.escape(arm.name)}"
+        + f" · rule {html.escape(rule_text(run.config))}"
+        + f" · model {html.escape(model_text(run.config))}"
+        + f" · data {html.escape(run.data)}"
+        + f"<br>store: {html.escape(store)}<br>{html.escape(versions)}</p>",
+        f"status: {run.status}" + (f" — {message}" if message else "") + f"\narm: {arm.name}"
+        f" · rule {rule_text(run.config)} · model {model_text(run.config)} · data {run.data}"
+        f"\nstore: {store}",
+    )
+    values = [
+        f"{header} {ci_cell(float(numbers[var]), np.nan, np.nan, scale, digits)}"
+        for var, header, scale, digits in SUMMARY_COLUMNS
+        if np.isfinite(float(numbers[var]))
+    ]
+    out.pdf_text([" · ".join(values)] if values else [])
+    out.pdf_text([named(name, verdict) for name, verdict in run.verdicts.items()])
+
+
+def _config_changes(out: Writer, config: dict[str, Any]) -> None:
+    """What the run's config changes from the defaults (model keys its kind reads only)."""
+    changes = config_changes(config)
+    out.heading(3, "Configuration: changes from the defaults", pdf=False)
+    if not changes:
+        out.paragraph("Every key has its default value.", pdf=False)
+        out.pdf_text(["config: the defaults"])
+        return
+    rows = [(key, _shown(value), _shown(default)) for key, value, default in changes]
+    out.table(("key", "value", "default"), rows, css="changes", pdf=False)
+    out.pdf_text(["config: " + ", ".join(f"{k}={v}" for k, v, _ in rows)])
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _full_config(out: Writer, tree: xr.DataTree, config: dict[str, Any]) -> None:
+    """Every config key and dataset fact, folded: the record, not the news (HTML only)."""
+    info = tree.attrs.get("dataset")
+    dataset = sorted(info.items()) if isinstance(info, dict) else []
+    with out.fold(f"Full configuration ({len(config)} keys) and dataset"):
+        rows = [(k, _shown(v)) for k, v in sorted(config.items())]
+        out.key_values(rows, ("key", "value"), pdf=False)
+        if dataset:
+            out.key_values(dataset, ("dataset", "value"), pdf=False)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _summary_section(
+    out: Writer, result: xr.Dataset, grouped: xr.Dataset, runs: list[_Run]
+) -> None:
+    """One row per arm, before anything else: what was run and what came out of it."""
+    out.heading(2, "Summary", anchor="summary", pdf=False)
+    numbers = [c for c in SUMMARY_COLUMNS if np.isfinite(grouped[f"{c[0]}_mean"].values).any()]
+    verdicts = any(run.verdicts for run in runs)
+    head = ["arm", "rule", "model", "data", "status", *(c[1] for c in numbers)]
+    head += ["verdicts"] * verdicts + ["runs"]
+    rows = [
+        _summary_row(grouped, a, [runs[i] for i in idx], numbers, verdicts)
+        for a, idx in enumerate(members(grouped))
+    ]
+    out.table(head, rows, [False] * 5 + [True] * len(numbers), css="summary")
+    out.paragraph(_summary_note(result, grouped), css="note")
+
+
+def _summary_row(
+    grouped: xr.Dataset, a: int, runs: list[_Run], numbers: list[tuple], verdicts: bool
+) -> list[str | Cell]:
+    """An arm's row: what its runs are, their status, mean [CI] of ``numbers``, verdicts."""
+    arm = _arm(grouped, a)
+    row: list[str | Cell] = [
+        Cell(swatch(arm.color) + html.escape(arm.name), arm.name),
+        _joined(rule_text(r.config) for r in runs),
+        _joined(model_text(r.config) for r in runs),
+        _joined(r.data for r in runs),
+        _status_cell([r.status for r in runs]),
+    ]
+    g = grouped.isel(arm=a)
+    for var, _, scale, digits in numbers:
+        stats = (float(g[f"{var}_{part}"]) for part in ("mean", "low", "high"))
+        row.append(ci_cell(*stats, scale, digits))
+    if verdicts:
+        row.append(_verdict_cell([r.verdicts for r in runs]))
+    row.append(Cell(", ".join(map(_run_link, runs)), ", ".join(r.name for r in runs)))
+    return row
+
+
+def _arm(grouped: xr.Dataset, a: int) -> _Arm:
+    return _Arm(str(grouped["arm_name"].values[a]), str(grouped["arm_color"].values[a]))
+
+
+def _run_link(run: _Run) -> str:
+    return f'<a href="#run-{run.index + 1}">{html.escape(run.name)}</a>'
+
+
+def _joined(values: Iterable[str]) -> str:
+    return " / ".join(dict.fromkeys(values))
+
+
+def _status_cell(statuses: list[str]) -> Cell:
+    counts = Counter(statuses)
+    if len(statuses) == 1:
+        return Cell(_status_markup(statuses[0]), statuses[0])
+    parts = [(f"{n} ", s) for s, n in counts.items()]
+    return Cell(
+        ", ".join(n + _status_markup(s) for n, s in parts), ", ".join(n + s for n, s in parts)
+    )
+
+
+def _verdict_cell(verdicts: list[dict[str, str]]) -> str:
+    """Each analysis's verdicts over the arm's runs: ``no unlearning`` or, where they differ,
+    ``unlearning ×2, no unlearning ×1``."""
+    names = list(dict.fromkeys(name for v in verdicts for name in v))
+    cells = []
+    for name in names:
+        counts = Counter(headline(v[name]) for v in verdicts if name in v)
+        said = ", ".join(f"{h} ×{n}" if len(counts) > 1 else h for h, n in counts.items())
+        cells.append(named(name, said))
+    return "; ".join(cells)
+
+
+def _summary_note(result: xr.Dataset, grouped: xr.Dataset) -> str:
+    by = json.loads(grouped.attrs["by"])
+    pooled = json.loads(grouped.attrs["pooled"])
+    level = float(json.loads(result.attrs.get("parameters", "{}")).get("level", 0.95))
+    note = (
+        f"Numbers are means over an arm's runs, with the {level:.0%} percentile-bootstrap CI in "
+        "brackets where it has two or more. Plateau angle: the update angle to backprop over "
+        "the last fifth of the run, mean over hidden layers."
+    )
+    if by:
+        note += f" Arms differ in {', '.join(by)}."
+    if pooled:
+        note += f" An arm's runs may differ in {', '.join(pooled)}."
+    return note
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def _comparison_section(out: Writer, result: xr.Dataset) -> None:
+    """The comparison figures (the PDF puts them under the summary), and the full table."""
+    out.heading(2, "Comparison", anchor="compare", pdf=False)
+    with out.gallery():
+        for plot_name, fig in figures(COMPARE, result):
+            out.figure(fig, caption(COMPARE, plot_name))
+    with out.fold("Comparison table: every column, arms by their config keys"):
+        out.text_table(COMPARE.table(result), pdf=False)
+
+
+def _contents(trees: Sequence[xr.DataTree]) -> str:
+    """Links to the summary, the comparison (with several runs) and the runs."""
+    links = [("summary", "Summary")]
+    if len(trees) > 1:
+        links.append(("compare", "Comparison"))
+    links.append(("runs", f"Runs ({len(trees)})"))
+    return "<nav>" + " · ".join(f'<a href="#{a}">{t}</a>' for a, t in links) + "</nav>"
+
+
+def _compare(trees: list[xr.DataTree], names: list[str]) -> xr.Dataset:
+    """The comparison of every run (even one: it gives the summary's numbers); a store whose
+    angles cannot be read still gets its accuracies."""
+    try:
+        return COMPARE.analyze(trees, names=names)
+    except AnalysisError:
+        raise
+    except READ_ERRORS:
+        return COMPARE.analyze(trees, names=names, angles=False)
 
 
 def check_out_path(out_html: str | Path) -> Path:
@@ -258,28 +507,45 @@ def write_report(
         raise AnalysisError("no runs to report on; pass one or more run stores")
     title = "dynalign report"
 
-    def build(out: _Writer) -> None:
-        out.heading(1, title)
-        out.paragraph(f"{len(runs)} run{'s' if len(runs) != 1 else ''}; generated {now_iso()}")
+    def build(out: Writer) -> None:
+        trees = [open_tree(run) for run in runs]
+        names = unique_names([run_name(t, default=f"run {i + 1}") for i, t in enumerate(trees)])
+        configs = [_checked_config(t, i) for i, t in enumerate(trees)]
+        result = _compare(trees, names)
+        grouped = COMPARE.arms(result)
+        arm_of = {i: a for a, idx in enumerate(members(grouped)) for i in idx}
         show = progress and len(runs) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
-        trees = []
-        for i, run in enumerate(tqdm(runs, desc="report", unit="run", disable=not show)):
-            tree = open_tree(run)
-            trees.append(tree)
+        sections, facts = [], []
+        for i in tqdm(range(len(trees)), desc="report", unit="run", disable=not show):
+            tree = trees[i]
+            status = str(tree.attrs.get("status", "unknown"))
+            run = _Run(i, names[i], status, configs[i], data_text(tree, configs[i]))
+            section = Writer(out.sheets is not None)
             try:
-                _run_section(out, tree, i)
+                _run_section(section, tree, run, _arm(grouped, arm_of[i]), result.isel(run=i))
             except AnalysisError as err:  # name the run: the report covers many
-                where = run_source(tree) or run_name(tree, default=f"run {i + 1}")
-                raise AnalysisError(f"{where}: {err}") from None
+                raise AnalysisError(f"{run_source(tree) or run.name}: {err}") from None
+            sections.append(section)
+            facts.append(run)
+
+        out.heading(1, title)
+        n_arms = grouped.sizes["arm"]
+        out.paragraph(
+            f"{len(runs)} run{'s' if len(runs) != 1 else ''} in {n_arms} "
+            f"arm{'s' if n_arms != 1 else ''}; generated {now_iso()}"
+        )
+        out.raw(_contents(trees))
+        _summary_section(out, result, grouped, facts)
         if len(trees) > 1:
-            out.heading(2, "Comparison", anchor="compare")
-            _analysis_section(out, COMPARE, lambda: COMPARE.analyze(trees), "all runs")
-            out.parts.insert(2, _contents(trees))  # after the title and the intro line
+            _comparison_section(out, result)
+        out.heading(2, "Runs", anchor="runs", pdf=False)
+        for section in sections:
+            out.extend(section)
 
     return _publish(out_html, pdf, title, build)
 
 
-def _publish(out_html: str | Path, pdf: bool, title: str, build: Callable[[_Writer], None]) -> Path:
+def _publish(out_html: str | Path, pdf: bool, title: str, build: Callable[[Writer], None]) -> Path:
     """Check ``out_html``, let ``build`` fill a writer, then move the HTML (and PDF) into place
     at once; on any failure remove the temporaries and the folders made for them."""
     out_html = check_out_path(out_html)
@@ -290,13 +556,11 @@ def _publish(out_html: str | Path, pdf: bool, title: str, build: Callable[[_Writ
         temporaries.append(_temporary(out_html))
         if pdf:
             temporaries.append(_temporary(out_html.with_suffix(".pdf")))
-        out = _Writer(temporaries[1] if pdf else None)
-        try:
-            build(out)
-        finally:
-            out.close()
+        out = Writer(pdf)
+        build(out)
         temporaries[0].write_text(out.page(title), encoding="utf-8")
         if pdf:
+            out.write_pdf(temporaries[1])
             os.replace(temporaries[1], out_html.with_suffix(".pdf"))
         os.replace(temporaries[0], out_html)
     except BaseException:
@@ -348,7 +612,7 @@ def write_study_report(
     manifests = [study_reader.read_manifest(s) for s in studies]  # bad ones fail before writing
     check_out_path(out)
 
-    def build(w: _Writer) -> None:
+    def build(w: Writer) -> None:
         w.heading(1, title)
         count = f"{len(studies)} stud{'ies' if len(studies) != 1 else 'y'}; " if studies else ""
         w.paragraph(f"{study_dir}: {count}generated {now_iso()}")
@@ -361,7 +625,7 @@ def write_study_report(
     return _publish(out, pdf, title, build)
 
 
-def _preamble(out: _Writer, preamble: Any) -> None:
+def _preamble(out: Writer, preamble: Any) -> None:
     if preamble is None:
         return
     if callable(preamble):
@@ -395,7 +659,7 @@ def _study_contents(studies: list[Path], manifests: list[dict[str, Any]]) -> str
 
 
 def _study_section(
-    out: _Writer, path: Path, manifest: dict[str, Any], runs: str, progress: bool
+    out: Writer, path: Path, manifest: dict[str, Any], runs: str, progress: bool
 ) -> None:
     from dynalign import study_reader
 
@@ -437,8 +701,9 @@ def _study_section(
             f"seed {s}: {summary['status'].values[i, j]}"
             for j, s in enumerate(summary["seed"].values)
         )
-        arm_rows.append((arm["name"], f"{what} — {states}"))
-    out.key_values(arm_rows, ("arm", "overrides — runs"))
+        name = Cell(swatch(study_color(i)) + html.escape(arm["name"]), arm["name"])
+        arm_rows.append((name, what, states))
+    out.table(("arm", "overrides", "runs"), arm_rows)
     problems = [
         f"{summary['arm'].values[i]} seed {summary['seed'].values[j]}: "
         f"{summary['status'].values[i, j]} — {summary['message'].values[i, j]}"
@@ -450,49 +715,62 @@ def _study_section(
         out.paragraph(line, css="error")
 
     out.heading(3, "Results per arm")
-    out.preformatted(study_metrics.table(summary))
-    tree = study_reader.open_study(path)
+    out.text_table(study_metrics.table(summary))
+    tree = study_reader.open_study(path, dims="arm")  # arms in the manifest's order and colours
     name = str(manifest.get("name") or path.name)
-    for caption, plot in (
-        ("accuracy per epoch", study_metrics.plot_accuracy),
-        ("loss", study_metrics.plot_loss),
-    ):
-        out.figure(plot(tree), f"{name}: {caption}, mean over seeds with 95% bootstrap CI")
+    with out.gallery():
+        for plot in (study_metrics.plot_accuracy, study_metrics.plot_loss):
+            text = caption(study_metrics, plot.__name__)
+            out.figure(plot(tree), text, alt=f"{name}: {text}")
 
     if runs == "none":
         return
     out.heading(3, "Runs")
     points = study_reader.study_runs(path)
     show = progress and len(points) >= PROGRESS_MIN_RUNS and sys.stderr.isatty()
+    order = [a["name"] for a in manifest.get("arms", [])]
     for arm, seed, store in tqdm(points, desc="report", unit="run", disable=not show):
-        _study_run_section(out, path, manifest, arm, seed, store, runs == "full")
+        color = study_color(order.index(arm) if arm in order else 0)
+        _study_run_section(out, path, manifest, (arm, seed, store), color, runs == "full")
+
+
+def study_color(index: int) -> str:
+    """The colour of a study's arm: the one its curves get in the study's figures (C0, C1, ...
+    in the manifest's order)."""
+    return to_hex(f"C{index % 10}")
 
 
 def _study_run_section(
-    out: _Writer,
+    out: Writer,
     path: Path,
     manifest: dict[str, Any],
-    arm: str,
-    seed: int,
-    store: Path,
+    point: tuple[str, int, Path],
+    color: str,
     draw: bool,
 ) -> None:
+    """One run of a study, folded: its status, its analysis tables, and with ``draw`` its
+    learning curves and analysis figures."""
     from dynalign import study_reader
 
+    arm, seed, store = point
     entry = study_reader.run_entries(manifest)[(arm, seed)]
     status, message, tree = study_reader.open_point(path, entry)
     label = f"{arm}, seed {seed}"
-    out.heading(4, label)
-    out.raw(
-        f'<p>status: <b class="status-{html.escape(status)}">{html.escape(status)}</b>'
-        + (f" — {html.escape(message)}" if message else "")
-        + f"<br>store: {html.escape(str(store))}</p>",
-        f"status: {status}" + (f" — {message}" if message else "") + f"\nstore: {store}",
-    )
-    if tree is None:
-        return
-    modules = applicable(tree)
-    if not modules:
-        out.paragraph("No analysis applies to this run.")
-    for module in modules:
-        _analysis_section(out, module, lambda m=module: m.analyze(tree), label, level=5, draw=draw)
+    with out.fold(f"{swatch(color)}<b>{html.escape(label)}</b> — {_status_markup(status)}"):
+        out.pdf_text(["", label])
+        out.raw(
+            f"<p>status: {_status_markup(status)}"
+            + (f" — {html.escape(message)}" if message else "")
+            + f"<br>store: {html.escape(str(store))}</p>",
+            f"status: {status}" + (f" — {message}" if message else "") + f"\nstore: {store}",
+        )
+        if tree is None:
+            return
+        if draw:
+            _curves_figure(out, tree, color, label)
+        modules = applicable(tree)
+        if not modules:
+            out.paragraph("No analysis applies to this run.")
+        for module in modules:
+            outcome = _analyze(module, lambda m=module: m.analyze(tree))
+            _analysis_block(out, module, outcome, label, level=4, draw=draw)

@@ -115,7 +115,6 @@ def judge_study(study_dir: str | Path) -> dict[str, Any]:
     """Evaluate the finding of one study directory: its criteria's results and its verdict."""
     from dynalign.analyses.study import summarise
     from dynalign.analyses.verdict import combine, evaluate
-
     from dynalign.study_reader import arm_configs, read_manifest
 
     manifest = read_manifest(study_dir)

@@ -35,9 +35,12 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from dynalign.analyses.smoothing import AnalysisError, format_table, provenance
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from scipy.special import xlogy
+
+from dynalign.analyses.alignment import layer_colors
+from dynalign.analyses.smoothing import AnalysisError, format_table, provenance
 
 NAME = "spectra"
 #: the matrices analysed, and the snapshot array each is stored as
@@ -410,61 +413,87 @@ def _ends(values: np.ndarray) -> tuple[int, int] | None:
     return (int(finite[0]), int(finite[-1])) if finite.size else None
 
 
+def _matrices_drawn(result: xr.Dataset) -> list[str]:
+    """The matrices (W, and B unless the run is backprop) stored for at least one layer."""
+    layers = map(str, result["layer"].values)
+    return [
+        str(m) for m in result["matrix"].values if any(_present(result, str(m), v) for v in layers)
+    ]
+
+
+def _styles_note(matrices: list[str]) -> str:
+    """How the line styles tell the matrices apart, for a title: "W solid, B dashed"."""
+    words = {"-": "solid", "--": "dashed"}
+    return ", ".join(f"{m} {words[STYLES[m]]}" for m in matrices)
+
+
+def _style_handles(matrices: list[str]) -> list[Line2D]:
+    """Legend entries that explain the line style of each matrix, in neutral grey."""
+    return [Line2D([], [], color="0.3", linestyle=STYLES[m], label=m) for m in matrices]
+
+
+def _when_handles(ends: set[tuple[int, int]], steps: np.ndarray) -> list[Line2D]:
+    """Legend entries for the first and last snapshot, naming their steps when every layer's
+    spectra come from the same two snapshots."""
+    labels = ["first snapshot", "last snapshot"]
+    if len(ends) == 1:
+        first, last = next(iter(ends))
+        labels = [f"{labels[0]} (step {steps[first]})", f"{labels[1]} (step {steps[last]})"]
+    return [
+        Line2D([], [], color=color, marker=".", label=label)
+        for color, label in zip(("C0", "C3"), labels, strict=True)
+    ]
+
+
 def plot_spectra(result: xr.Dataset, **_: Any) -> Figure:
-    """Singular values by index at the first and last snapshot, one panel per layer (log y)."""
+    """Singular values of each layer's W, and B where stored, at the first and last snapshot."""
     layers = [str(layer) for layer in result["layer"].values]
+    matrices = _matrices_drawn(result)
     n_cols = min(4, len(layers))
     n_rows = math.ceil(len(layers) / n_cols)
-    fig = Figure(figsize=(3.6 * n_cols, 3.1 * n_rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(3.4 * n_cols + 1.9, 2.9 * n_rows + 0.5), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
     index = result["index"].values
-    steps = result["snapshot_step"].values
+    all_ends: set[tuple[int, int]] = set()
     for ax, layer in zip(axes, layers, strict=False):
-        for matrix in map(str, result["matrix"].values):
+        for matrix in matrices:
             if not _present(result, matrix, layer):
                 continue
             values = result["singular_value"].sel(matrix=matrix, layer=layer).values
             ends = _ends(values)
             if ends is None:
                 continue
-            for t, color, when in ((ends[0], "C0", "first"), (ends[1], "C3", "last")):
+            all_ends.add(ends)
+            for t, color in zip(ends, ("C0", "C3"), strict=True):
                 s = np.where(values[t] > 0, values[t], np.nan)  # zeros have no log
-                ax.plot(
-                    index,
-                    s,
-                    color=color,
-                    linestyle=STYLES[matrix],
-                    marker=".",
-                    markersize=3,
-                    linewidth=1.2,
-                    label=f"{matrix}, step {steps[t]} ({when})",
-                )
-        shapes = ", ".join(
-            f"{m} {_shape(result, m, layer)}"
-            for m in map(str, result["matrix"].values)
-            if _present(result, m, layer)
-        )
-        ax.set_title(f"{layer} ({shapes})")
+                style = {"marker": ".", "markersize": 3, "linewidth": 1.2}
+                ax.plot(index, s, color=color, linestyle=STYLES[matrix], **style)
+        present = [m for m in matrices if _present(result, m, layer)]
+        shapes = ", ".join(f"{m} {_shape(result, m, layer)}" for m in present)
+        ax.set_title(f"{layer} ({shapes})", fontsize=10)
         ax.set_yscale("log")
         ax.set_xlabel("index i (1: largest)")
-        ax.set_ylabel("singular value σ_i (weight units)")
-        ax.legend(fontsize="x-small")
+        ax.set_ylabel("singular value σᵢ")
     for ax in axes[len(layers) :]:
         ax.set_visible(False)
+    handles = _when_handles(all_ends, result["snapshot_step"].values) + _style_handles(matrices)
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
     fig.suptitle(
-        f"Singular-value spectra at the first and last snapshot (largest "
-        f"{result.sizes['index']}; W solid, B dashed)"
+        f"Singular-value spectra, largest {result.sizes['index']} ({_styles_note(matrices)}) — "
+        f"{result.attrs.get('run', '')}"
     )
     return fig
 
 
 def plot_entropy(result: xr.Dataset, **_: Any) -> Figure:
-    """Normalised SVD entropy over steps per layer: W solid, B dashed, one colour per layer."""
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    """Normalised SVD entropy of each layer's W, and B where stored, over training (1: flat)."""
+    fig = Figure(figsize=(7.6, 3.8), layout="constrained")
     ax = fig.add_subplot()
     steps = result["snapshot_step"].values
-    for j, layer in enumerate(map(str, result["layer"].values)):
-        for matrix in map(str, result["matrix"].values):
+    layers = [str(v) for v in result["layer"].values]
+    matrices = _matrices_drawn(result)
+    for layer, color in zip(layers, layer_colors(len(layers)), strict=True):
+        for matrix in matrices:
             if not _present(result, matrix, layer):
                 continue
             h = result["svd_entropy"].sel(matrix=matrix, layer=layer).values
@@ -472,34 +501,46 @@ def plot_entropy(result: xr.Dataset, **_: Any) -> Figure:
             ax.plot(
                 steps[finite],
                 h[finite],
-                color=f"C{j % 10}",
+                color=color,
                 linestyle=STYLES[matrix],
                 marker=".",
                 label=f"{layer} {matrix}",
             )
     ax.set_xlabel("step")
-    ax.set_ylabel("normalised SVD entropy H (0: rank 1, 1: flat)")
-    ax.legend(fontsize="small", ncol=2)
-    ax.set_title("SVD entropy of W (solid) and B (dashed) over training")
+    ax.set_ylabel("normalised SVD entropy H")
+    layer_handles = [
+        Line2D([], [], color=c, label=v)
+        for v, c in zip(layers, layer_colors(len(layers)), strict=True)
+    ]
+    fig.legend(
+        handles=layer_handles + _style_handles(matrices),
+        loc="outside right upper",
+        fontsize="small",
+    )
+    ax.set_title(
+        f"SVD entropy over training ({_styles_note(matrices)}) — {result.attrs.get('run', '')}"
+    )
     return fig
 
 
 def plot_spectral_radius(result: xr.Dataset, **_: Any) -> Figure | None:
-    """Spectral radius of each recurrent weight over steps, with |eigenvalue| = 1 marked;
-    None when the run has no recurrent layer."""
+    """Spectral radius of each recurrent weight W over training; above 1 the recurrence grows.
+
+    None when the run has no recurrent layer.
+    """
     recurrent = _recurrent(result)
     if not recurrent:
         return None
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    fig = Figure(figsize=(7.6, 3.8), layout="constrained")
     ax = fig.add_subplot()
     steps = result["snapshot_step"].values
-    for j, layer in enumerate(recurrent):
+    for layer, color in zip(recurrent, layer_colors(len(recurrent)), strict=True):
         rho = result["spectral_radius"].sel(layer=layer).values
         finite = np.isfinite(rho)
-        ax.plot(steps[finite], rho[finite], color=f"C{j % 10}", marker=".", label=layer)
+        ax.plot(steps[finite], rho[finite], color=color, marker=".", label=layer)
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=0.9, label="|λ| = 1 (above: grows)")
     ax.set_xlabel("step")
     ax.set_ylabel("spectral radius max |λ(W)|")
-    ax.legend(fontsize="small")
-    ax.set_title("Spectral radius of the recurrent weight W")
+    fig.legend(loc="outside right upper", fontsize="small")
+    ax.set_title(f"Spectral radius of the recurrent weight W — {result.attrs.get('run', '')}")
     return fig

@@ -20,6 +20,11 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tqdm import tqdm
+
+from dynalign import study_reader
 from dynalign.analyses import READ_ERRORS, open_tree
 from dynalign.analyses import autoencoder as autoencoder_analysis
 from dynalign.analyses import unlearning as unlearning_analysis
@@ -33,11 +38,6 @@ from dynalign.analyses.smoothing import (
     format_table,
     now_iso,
 )
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from tqdm import tqdm
-
-from dynalign import study_reader
 from dynalign.store import StoreError
 
 #: the per-run metrics: name -> (units, long_name); ``train_/val_accuracy_epoch_K`` exist for
@@ -600,6 +600,54 @@ def _binned(x: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.ndarray, n
 
 #: curves this short are drawn with markers and CI bars (a band over one epoch is invisible)
 FEW_POINTS = 12
+#: each curve's panel title and y label
+CURVE_LABELS = {
+    "train_accuracy": ("Training accuracy per epoch", "training accuracy (fraction)"),
+    "val_accuracy": ("Validation accuracy per epoch", "validation accuracy (fraction)"),
+    "train_loss": ("Training loss per epoch", "training loss (per sample)"),
+    "val_loss": ("Validation loss per epoch", "validation loss (per sample)"),
+    "loss": ("Batch loss per step", "batch loss (per sample)"),
+    "batch_accuracy": ("Batch accuracy per step", "batch accuracy (fraction)"),
+}
+
+
+def _arm_curve(ax: Any, xs: np.ndarray, block: np.ndarray, color: str, label: str, **ci: Any):
+    """One arm: its mean over seeds, and its bootstrap CI as a band (bars when few points)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(block, axis=0)
+    low, high = bootstrap_ci_columns(block, **ci)
+    n = int(np.isfinite(block).any(axis=1).sum())
+    few = len(xs) <= FEW_POINTS
+    ax.plot(xs, mean, color=color, marker="o" if few else None, label=f"{label} (n={n})")
+    if np.isfinite(low).any():
+        ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
+        if few:  # a band needs two points; show the CI as bars
+            ax.errorbar(xs, mean, [mean - low, high - mean], color=color, fmt="none")
+
+
+def _curve_panel(ax: Any, study: xr.DataTree, name: str, **ci: Any) -> None:
+    """One curve: every arm's mean and CI over epochs or (binned) steps, axes labelled."""
+    axis = "epoch" if name in EPOCH_CURVES else "step"
+    group = "epochs" if axis == "epoch" else "steps"
+    ds = study[group].to_dataset() if group in study.children else xr.Dataset()
+    drawn = 0
+    if name in ds.data_vars and ds.sizes.get(axis, 0):
+        flat, labels = _flat_arms(ds[[name]])
+        data = flat[name].transpose("arm", "seed", axis).values.astype(float)
+        x = flat[axis].values.astype(float)
+        for a, lab in enumerate(labels):
+            xs, block = (x, data[a]) if axis == "epoch" else _binned(x, data[a], STEP_BINS)
+            if np.isfinite(block).any():
+                _arm_curve(ax, xs, block, f"C{a % 10}", lab, **ci)
+                drawn += 1
+    if not drawn:
+        ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+    title, ylabel = CURVE_LABELS[name]
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(axis)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_curves(
@@ -609,12 +657,12 @@ def plot_curves(
     level: float = 0.95,
     seed: int = 0,
 ) -> Figure:
-    """Mean curve over seeds per arm with its bootstrap CI band, one panel per curve.
+    """Mean learning curve over seeds per arm with its bootstrap CI band, one panel per curve.
 
     ``curve``: an epoch curve (train_accuracy, val_accuracy, train_loss, val_loss) over
     epochs, or a step curve (loss, batch_accuracy) over steps, averaged into at most
     :data:`STEP_BINS` bins first; or a list of them. ``study``: an ``open_study`` tree (any
-    dims) or a study directory.
+    dims) or a study directory. One legend, outside the panels, names the arms.
     """
     if not isinstance(study, xr.DataTree):
         study = study_reader.open_study(study)
@@ -624,54 +672,26 @@ def plot_curves(
         raise AnalysisError(
             f"no curve {', '.join(unknown)}; choose from {', '.join(EPOCH_CURVES + STEP_CURVES)}"
         )
-    fig = Figure(figsize=(4.8 * len(curves), 3.6), layout="constrained")
+    fig = Figure(figsize=(4.4 * len(curves) + 2.0, 3.6), layout="constrained")
     axes = fig.subplots(1, len(curves), squeeze=False)[0]
     for ax, name in zip(axes, curves, strict=True):
-        axis = "epoch" if name in EPOCH_CURVES else "step"
-        group = "epochs" if axis == "epoch" else "steps"
-        ds = study[group].to_dataset() if group in study.children else xr.Dataset()
-        drawn = 0
-        if name in ds.data_vars and ds.sizes.get(axis, 0):
-            flat, labels = _flat_arms(ds[[name]])
-            data = flat[name].transpose("arm", "seed", axis).values.astype(float)
-            x = flat[axis].values.astype(float)
-            for a, lab in enumerate(labels):
-                xs, block = x, data[a]
-                if axis == "step":
-                    xs, block = _binned(x, block, STEP_BINS)
-                finite = np.isfinite(block)
-                if not finite.any():
-                    continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean = np.nanmean(block, axis=0)
-                low, high = bootstrap_ci_columns(block, n_boot, level, seed)
-                n = int(finite.any(axis=1).sum())
-                color = f"C{a % 10}"
-                marker = "o" if len(xs) <= FEW_POINTS else None  # one epoch is a point, not a line
-                ax.plot(xs, mean, color=color, marker=marker, label=f"{lab} (n={n})")
-                if np.isfinite(low).any():
-                    ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
-                    if len(xs) <= FEW_POINTS:  # a band needs two points; show the CI as bars
-                        ax.errorbar(xs, mean, [mean - low, high - mean], color=color, fmt="none")
-                drawn += 1
-        if drawn:
-            ax.legend(fontsize="small")
-        else:
-            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel(axis)
-        ax.set_ylabel(name.replace("_", " "))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    title = study.attrs.get("name") or ""
-    fig.suptitle(f"{title}: mean over seeds, {level:.0%} bootstrap CI" if title else "")
+        _curve_panel(ax, study, name, n=n_boot, level=level, seed=seed)
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
+    title = study.attrs.get("name") or "Study"
+    fig.suptitle(f"{title}: mean over seeds per arm, {level:.0%} bootstrap CI")
     return fig
 
 
 def plot_accuracy(study: xr.DataTree | str | Path, **kw: Any) -> Figure:
-    """Training and validation accuracy per epoch, mean and CI band per arm."""
+    """Training and validation accuracy per epoch: each arm's mean over seeds with its CI band."""
     return plot_curves(study, ("train_accuracy", "val_accuracy"), **kw)
 
 
 def plot_loss(study: xr.DataTree | str | Path, **kw: Any) -> Figure:
-    """Batch loss over steps (binned) and validation loss per epoch, mean and CI band per arm."""
+    """Batch loss per step (binned) and validation loss per epoch: each arm's mean and CI band."""
     return plot_curves(study, ("loss", "val_loss"), **kw)

@@ -4,16 +4,23 @@ The seed study saw fixed-sign networks learn, then more and more updates try to 
 weights get stuck at zero and accuracy falls. This module finds, on the smoothed accuracy curve,
 the peak and the onset of the fall in two independent ways (a margin rule and a two-segment
 piecewise-linear fit), reads the zeroed fraction and attempted-flip rate at the onset, and
-measures the lag between the rise of zeroing and the fall of accuracy.
+measures the lag between the rise of zeroing and the fall of accuracy. An unconstrained
+classifier gets the accuracy part only: without the constraint no weight is zeroed by a blocked
+flip, so its table and figures leave zeroing out.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
+from scipy.optimize import minimize_scalar
+
+from dynalign.analyses.alignment import layer_colors
 from dynalign.analyses.smoothing import (
     AnalysisError,
     check_window,
@@ -26,12 +33,12 @@ from dynalign.analyses.smoothing import (
     smooth,
     steps_group,
 )
-from matplotlib.figure import Figure
-from scipy.optimize import minimize_scalar
 
 NAME = "unlearning"
 ESTIMATES = ("margin", "hinge")
 CURVES = ("batch", "val")
+#: fewest points (and at least one smoothing window) the fall must last to count as unlearning
+MIN_FALL = 3
 
 
 def applies(tree: xr.DataTree) -> bool:
@@ -246,7 +253,8 @@ def analyze(
 
     curve: "batch" (per-step batch accuracy) or "val" (validation accuracy at epoch ends).
     window: smoothing window in points of each series (None: 1/50 of the accuracy points).
-    margin: absolute accuracy drop below the peak that counts as unlearning.
+    margin: absolute accuracy drop below the peak that counts as unlearning, once it has
+        lasted to the end over at least :data:`MIN_FALL` points and one smoothing window.
     rise_fraction: the zeroing step is where the layer-mean zeroed fraction has covered this
         fraction of its rise from its first value to its maximum.
     fit_end_fraction: where the hinge fit ends (see :func:`fit_range`).
@@ -271,7 +279,9 @@ def analyze(
     peak, start, final = float(ys[ip]), float(ys[0]), float(ys[-1])
     onset_margin = margin_onset(t, ys, ip, margin)
     rose = peak - start >= margin
-    unlearning = bool(rose and np.isfinite(onset_margin))
+    # a fall counts once it lasts: a dip in the last few points of a noisy curve is not one
+    lasting = np.isfinite(onset_margin) and np.sum(t >= onset_margin) >= max(MIN_FALL, window)
+    unlearning = bool(rose and lasting)
 
     fit = {"breakpoint": np.nan, "level": np.nan, "slope_before": np.nan, "slope_after": np.nan}
     fit_span = (np.nan, np.nan)
@@ -394,8 +404,9 @@ def analyze(
             fit_end_fraction=float(fit_end_fraction),
         )
     )
+    result.attrs["constraint"] = str(flat_config(tree).get("constraint.sign", "none"))
     result.attrs["verdict"] = _verdict(
-        curve, unlearning, rose, peak, float(t[ip]), start, final, onset_margin, margin
+        curve, unlearning, rose, peak, float(t[ip]), start, final, onset_margin, margin, lasting
     )
     return result
 
@@ -414,6 +425,7 @@ def _verdict(
     final: float,
     onset: float,
     margin: float,
+    lasting: bool = True,
 ) -> str:
     if unlearning:
         return (
@@ -424,6 +436,12 @@ def _verdict(
         return (
             f"no unlearning: {curve} accuracy never rose {margin:g} above its start "
             f"({start:.3f}, peak {peak:.3f})"
+        )
+    if np.isfinite(onset) and not lasting:
+        return (
+            f"no unlearning: {curve} accuracy fell more than {margin:g} below its peak "
+            f"{peak:.3f} only at the end (from step {onset:.0f}; final {final:.3f}), too briefly "
+            f"to tell from noise (fewer than {MIN_FALL} points or one smoothing window)"
         )
     return (
         f"no unlearning: {curve} accuracy ends within {margin:g} of its peak {peak:.3f} "
@@ -442,15 +460,42 @@ def _step(value: float) -> str:
     return "-" if not np.isfinite(value) else f"{value:.0f}"
 
 
+def constraint_level(result: xr.Dataset) -> str:
+    """The run's sign constraint (``constraint.sign``: none, synapse or neuron)."""
+    sign = result.attrs.get("constraint")
+    if sign is None:  # results from before the attr: read the run's config
+        config = json.loads(result.attrs.get("config") or "{}")
+        sign = config.get("constraint", {}).get("sign", "none")
+    return str(sign)
+
+
+def is_constrained(result: xr.Dataset) -> bool:
+    """Whether the run had a sign constraint (Dale's law): only then can weights be zeroed by
+    blocked sign flips, so only then are zeroing and attempted flips worth showing."""
+    return constraint_level(result) != "none"
+
+
 def table(result: xr.Dataset) -> str:
-    """The verdict, the peak, and per onset estimate: step, zeroing at onset and lag."""
+    """The verdict, the peak, and per onset estimate: step, and for sign-constrained runs the
+    zeroing at onset and its lag."""
     lines = [
         f"unlearning — {result.attrs.get('run', '')} ({result.attrs.get('status', '')})",
         result.attrs.get("verdict", ""),
-        f"peak {_num(float(result['peak_accuracy']))} at step {_step(float(result['peak_step']))}; "
-        f"zeroed fraction reaches {parameters(result).get('rise_fraction', 0.5):g} of its rise "
-        f"at step {_step(float(result['zeroing_step_mean']))}",
     ]
+    peak = (
+        f"peak {_num(float(result['peak_accuracy']))} at step {_step(float(result['peak_step']))}"
+    )
+    if not is_constrained(result):
+        rows = [
+            [str(est), _step(float(result["onset_step"].sel(estimate=est)))]
+            for est in result["estimate"].values
+        ]
+        lines.append(f"{peak}; no sign constraint, so no zeroing to compare with")
+        return "\n".join(lines + format_table(["estimate", "onset step"], rows))
+    lines.append(
+        f"{peak}; zeroed fraction reaches {parameters(result).get('rise_fraction', 0.5):g} of "
+        f"its rise at step {_step(float(result['zeroing_step_mean']))}"
+    )
     head = [
         "estimate",
         "onset step",
@@ -473,45 +518,104 @@ def table(result: xr.Dataset) -> str:
     return "\n".join(lines + format_table(head, rows))
 
 
+#: colour and line style of each onset estimate
+ONSET_STYLES = {"margin": ("C3", "--"), "hinge": ("C1", ":")}
+
+
+def _mark_onsets(ax: Any, result: xr.Dataset) -> None:
+    """A vertical line at each onset estimate that found one."""
+    for est in result["estimate"].values:
+        onset = float(result["onset_step"].sel(estimate=est))
+        if np.isfinite(onset):
+            color, style = ONSET_STYLES.get(str(est), ("C7", "-."))
+            ax.axvline(onset, color=color, linestyle=style, label=f"onset ({est})")
+
+
+def _hinge_line(result: xr.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fitted two-segment line over the fit's span, or None when the fit found no onset."""
+    tb = float(result["onset_step"].sel(estimate="hinge"))
+    if not np.isfinite(tb):
+        return None
+    t = np.linspace(float(result["fit_start"]), float(result["fit_end"]), 50)
+    y = (
+        float(result["hinge_level"])
+        + float(result["hinge_slope_before"]) * np.minimum(t - tb, 0)
+        + float(result["hinge_slope_after"]) * np.maximum(t - tb, 0)
+    )
+    return t, y
+
+
 def plot_unlearning(result: xr.Dataset, **_: Any) -> Figure:
-    """Accuracy (raw faint, smoothed) with peak and onsets marked; zeroed fraction on a 2nd axis."""
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    """Accuracy over steps, raw and smoothed, with its peak and the onset of its decline marked."""
+    fig = Figure(figsize=(7.4, 3.8), layout="constrained")
     ax = fig.add_subplot()
     steps = result["step"].values
     acc = result["accuracy"].values
     finite = np.isfinite(acc)
     curve = parameters(result).get("curve", "batch")
-    ax.plot(
-        steps[finite], acc[finite], color="C0", alpha=0.25, linewidth=0.8, label=f"{curve} accuracy"
-    )
-    ax.plot(steps[finite], result["accuracy_smooth"].values[finite], color="C0", label="smoothed")
-    ax.plot(
-        [float(result["peak_step"])], [float(result["peak_accuracy"])], "o", color="k", label="peak"
-    )
-    styles = {"margin": ("C3", "--"), "hinge": ("C1", ":")}
-    for est in result["estimate"].values:
-        onset = float(result["onset_step"].sel(estimate=est))
-        if np.isfinite(onset):
-            color, style = styles.get(str(est), ("C7", "-."))
-            ax.axvline(onset, color=color, linestyle=style, label=f"onset ({est})")
-    if np.isfinite(float(result["onset_step"].sel(estimate="hinge"))):
-        t = np.linspace(float(result["fit_start"]), float(result["fit_end"]), 50)
-        tb = float(result["onset_step"].sel(estimate="hinge"))
-        y = (
-            float(result["hinge_level"])
-            + float(result["hinge_slope_before"]) * np.minimum(t - tb, 0)
-            + float(result["hinge_slope_after"]) * np.maximum(t - tb, 0)
-        )
-        ax.plot(t, y, color="C1", linewidth=1.2, label="hinge fit")
+    ax.plot(steps[finite], acc[finite], color="C0", alpha=0.25, linewidth=0.8, label="raw")
+    smoothed = result["accuracy_smooth"].values[finite]
+    ax.plot(steps[finite], smoothed, color="C0", label="smoothed")
+    peak = ([float(result["peak_step"])], [float(result["peak_accuracy"])])
+    ax.plot(*peak, "o", color="k", label="peak")
+    _mark_onsets(ax, result)
+    fit = _hinge_line(result)
+    if fit is not None:
+        ax.plot(*fit, color="C1", linewidth=1.2, label="hinge fit")
     ax.set_xlabel("step")
-    ax.set_ylabel("accuracy")
-    twin = ax.twinx()
-    zm = result["zeroed_fraction_mean"].values
-    zf = np.isfinite(zm)
-    twin.plot(steps[zf], zm[zf], color="C2", label="zeroed fraction")
-    twin.set_ylabel("zeroed fraction (mean over layers)", color="C2")
-    handles = ax.get_legend_handles_labels()
-    twin_handles = twin.get_legend_handles_labels()
-    ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize="small")
-    ax.set_title(result.attrs.get("verdict", "").split(":")[0])
+    ax.set_ylabel(f"{curve} accuracy (fraction)")
+    fig.legend(loc="outside right upper", fontsize="small")
+    verdict = result.attrs.get("verdict", "").split(":")[0]
+    fig.suptitle(f"{curve.capitalize()} accuracy: {verdict} — {result.attrs.get('run', '')}")
     return fig
+
+
+def plot_zeroing(result: xr.Dataset, **_: Any) -> Figure | None:
+    """Zeroed fraction and attempted sign flips per layer under the sign constraint, per step.
+
+    The accuracy onsets are marked, so whether zeroing rose before accuracy fell can be read off.
+    None for a run without a sign constraint: nothing can be zeroed by a blocked flip there.
+    """
+    if not is_constrained(result):
+        return None
+    layers = [str(v) for v in result["layer"].values]
+    colors = layer_colors(len(layers))
+    fig = Figure(figsize=(9.6, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    panels = (
+        ("zeroed_fraction", "weights exactly 0 (fraction)", "Zeroed weights"),
+        ("attempted_flips", "attempted sign flips (count per step)", "Attempted sign flips"),
+    )
+    steps = result["step"].values
+    for ax, (name, ylabel, title) in zip(axes, panels, strict=True):
+        for j, layer in enumerate(layers):
+            _finite_line(ax, steps, result[name].values[:, j], color=colors[j], label=layer)
+        mean = result[f"{name}_mean"].values
+        _finite_line(ax, steps, mean, color="k", linewidth=2.0, label="mean over layers")
+        _mark_onsets(ax, result)
+        if name == "zeroed_fraction":
+            _mark_zeroing(ax, result)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+    handles = dict(zip(*reversed(axes[0].get_legend_handles_labels()), strict=True))
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
+    run = result.attrs.get("run", "")
+    fig.suptitle(f"Under the sign constraint ({constraint_level(result)}), smoothed — {run}")
+    return fig
+
+
+def _mark_zeroing(ax: Any, result: xr.Dataset) -> None:
+    """A vertical line where the mean zeroed fraction covered its rise fraction of its rise."""
+    step = float(result["zeroing_step_mean"])
+    if np.isfinite(step):
+        rise = parameters(result).get("rise_fraction", 0.5)
+        label = f"zeroing at {rise:.0%} of its rise"
+        ax.axvline(step, color="0.45", linestyle="-.", label=label)
+
+
+def _finite_line(ax: Any, x: np.ndarray, y: np.ndarray, **style: Any) -> None:
+    """Plot only the finite (probed) points, so gaps between probes do not break the line."""
+    finite = np.isfinite(y)
+    ax.plot(x[finite], y[finite], **style)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
 from dynalign.analyses.smoothing import bootstrap_ci
 
 REPRODUCED = "reproduced"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from dynalign.analyses.smoothing import bootstrap_ci
 
+from dynalign.analyses.smoothing import bootstrap_ci
 from dynalign.registry import RULES
 from dynalign.spec import parse_spec
 from dynalign.study_reader import open_study

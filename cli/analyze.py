@@ -17,6 +17,7 @@ from typing import Any
 import click
 import numpy as np
 import xarray as xr
+
 from dynalign.analyses import (
     ANALYSES,
     COMPARE,
@@ -30,7 +31,6 @@ from dynalign.analyses import (
 from dynalign.analyses import summary as summary_values
 from dynalign.analyses.compare import unique_names
 from dynalign.analyses.smoothing import run_name
-
 from dynalign.reader import check_store, writer_note
 from dynalign.store import StoreError
 
@@ -459,9 +459,8 @@ def _run_counts(statuses: list[str]) -> str:
 def study_info(path: Path, check: bool = False) -> dict[str, Any]:
     """What `inspect` shows of a study: the manifest's description, every run's state (from its
     store), store problems, and the per-arm mean [CI] of every metric."""
-    from dynalign.analyses import study as study_metrics
-
     from dynalign import study_reader
+    from dynalign.analyses import study as study_metrics
 
     manifest = study_reader.read_manifest(path)
     arms = []
@@ -652,7 +651,6 @@ def analyze_study(path: str, as_json: bool, out: str | None) -> None:
 
 def report_study(path: str, out: str, pdf: bool, quiet: bool, runs: str | None) -> Path:
     from dynalign.analyses.report import write_study_report
-
     from dynalign.study_reader import is_reproduction
 
     preamble = reproduction_preamble(path) if is_reproduction(path) else None

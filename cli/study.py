@@ -11,7 +11,6 @@ import sys
 import click
 
 from dynalign.config import ConfigError
-from dynalign.store import StoreError
 
 WORKERS_HELP = "worker processes of the local cluster, one torch thread each (default: CPU cores)"
 SCHEDULER_HELP = "submit to this dask scheduler (tcp://HOST:8786) instead of a local cluster"
@@ -45,8 +44,8 @@ def sweep(spec_path, out, workers, scheduler, quiet) -> None:
     Running it again continues the study: finished runs are kept, the others resumed or started.
     """
     from dynalign.analyses.reproduce import check_criteria
-
     from dynalign.spec import load_spec
+    from dynalign.store import StoreError
     from dynalign.sweep import SweepError, SweepInterrupted, run_study
 
     check_workers(workers)
@@ -105,7 +104,7 @@ def reproduce(findings, out, seeds, data, scale, list_only, workers, scheduler, 
         load_finding,
         parse_findings,
     )
-
+    from dynalign.store import StoreError
     from dynalign.sweep import SweepError, SweepInterrupted, run_studies
 
     check_workers(workers)

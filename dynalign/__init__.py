@@ -1,6 +1,7 @@
 """dynalign: record and analyse how learning rules (backprop, feedback alignment and its
 relatives) learn."""
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -8,13 +9,26 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from .reader import open_run  # noqa: E402
-from .spec import load_spec  # noqa: E402
-from .study_reader import open_study  # noqa: E402
+#: public names and the modules they live in, imported on first use: readers pull in xarray
+#: and zarr, which `dynalign --help` and the config have no use for
+_LAZY = {"open_run": ".reader", "load_spec": ".spec", "open_study": ".study_reader"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def run_study(spec, out, **kwargs):
     """Run a study spec (a path or a loaded spec) into ``out``; see :mod:`dynalign.sweep`."""
+    from .spec import load_spec
     from .sweep import run_study as run
 
     return run(load_spec(spec) if not hasattr(spec, "points") else spec, out, **kwargs)

@@ -84,7 +84,9 @@ class TrainConfig:
     grad_clip: float | None = None  # max global norm of the update, None: off
     seed: int = 0  # 0 .. 2**32 - 1 (SEED_MAX): torch and numpy generators take no more
     device: str = "cpu"
-    threads: int | None = None  # CPU threads for torch; None: torch's default (all cores)
+    # CPU threads for torch; None: torch's default (all cores). One is fastest as soon as
+    # another job keeps a core busy, and nearly as fast on an idle machine
+    threads: int | None = 1
 
 
 @dataclass
@@ -168,6 +170,14 @@ RNN_ACTIVATIONS = ("tanh", "relu", "sigmoid")
 #: mnist, fashion-mnist, cifar10) less the validation split, or the generated default
 FULL_SIZES = {"digits": 1797, "mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000}
 GENERATED_N_TRAIN = {"synthetic": 1000, "patches": 10000}
+#: the [data] keys each data set reads besides name, n_train and n_val
+DATA_READS = {
+    "digits": ("scaling",),
+    **{name: ("scaling", "data_dir") for name in ("mnist", "fashion-mnist", "cifar10")},
+    "synthetic": ("scaling", "n_inputs", "n_classes"),
+    "patches": ("patch_size",),
+    "text": ("seq_len", "text_path"),
+}
 
 FRACTIONS = {
     "model.excitatory_fraction",
@@ -331,11 +341,51 @@ def apply(config: Config, updates: dict[str, Any]) -> Config:
                 )
         section, name = key.split(".")
         sec = getattr(config, section)
-        fdef = {f.name: f for f in dataclasses.fields(sec)}[name]
-        value = _coerce(key, value, getattr(sec, name), str(fdef.type))
-        _validate(key, value)
-        setattr(sec, name, value)
+        setattr(sec, name, _checked(key, value, sec))
     return config
+
+
+def _checked(key: str, value: Any, section: Any) -> Any:
+    """``value`` typed and validated for ``key`` of ``section`` (whose value names the example)."""
+    name = key.split(".")[1]
+    fdef = {f.name: f for f in dataclasses.fields(section)}[name]
+    value = _coerce(key, value, getattr(section, name), str(fdef.type))
+    _validate(key, value)
+    return value
+
+
+def check_value(key: str, value: Any) -> Any:
+    """One ``section.name`` value typed and validated as a config would take it (a CLI flag's
+    value, so that a flag and ``--set`` give one message for one mistake)."""
+    return _checked(key, value, _sections()[key.split(".")[0]]())
+
+
+def key_type(key: str) -> str:
+    """The type of ``section.name`` without its None: int, float, bool, str or list[int]."""
+    section, name = key.split(".")
+    fdef = {f.name: f for f in dataclasses.fields(_sections()[section])}[name]
+    return str(fdef.type).split("|")[0].strip()
+
+
+def default_value(key: str) -> Any:
+    """The default value of ``section.name``."""
+    section, name = key.split(".")
+    return getattr(_sections()[section](), name)
+
+
+def value_range(key: str) -> tuple[float | None, float | None, bool]:
+    """(lowest, highest, lowest excluded) of the numbers ``key`` allows, as ``_validate``
+    checks them; None where there is no bound."""
+    if key in FRACTIONS:
+        return 0, 1, False
+    if key in MINIMUM:
+        return MINIMUM[key], None, False
+    highest = SEED_MAX if key == "train.seed" else None
+    if key in POSITIVE:
+        return 0, highest, True
+    if key in NON_NEGATIVE:
+        return 0, highest, False
+    return None, highest, False
 
 
 def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -558,6 +608,24 @@ def model_section_problem(m: ModelConfig) -> str | None:
             f"of {', '.join(model.activations)}"
         )
     return None
+
+
+def keys_read(sections: dict[str, Any]) -> dict[str, Any]:
+    """A config as a store keeps it (section -> key -> value) without the keys its run does not
+    read: another model kind's (the kind's class declares ``reads``), another data set's
+    (``DATA_READS``) and a sign constraint's where there is none. A section of an unknown
+    kind keeps every key."""
+    shown = dict(sections)
+    model, data, constraint = (sections.get(s) for s in ("model", "data", "constraint"))
+    if isinstance(model, dict) and model.get("kind") in registries.MODELS:
+        reads = ("kind", *registries.MODELS.load(model["kind"]).reads)
+        shown["model"] = {k: model[k] for k in reads if k in model}
+    if isinstance(data, dict) and data.get("name") in DATA_READS:
+        reads = ("name", "n_train", "n_val", *DATA_READS[data["name"]])
+        shown["data"] = {k: data[k] for k in reads if k in data}
+    if isinstance(constraint, dict) and constraint.get("sign") == "none":
+        shown["constraint"] = {"sign": "none"}
+    return shown
 
 
 def _show(value: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def check_device(device: str) -> None:
 def prepare(config: Config):
     """Data, model, sign constraint (or None) and rule for a config, on the configured device."""
     check_device(config.train.device)
-    if config.train.threads:  # on a shared machine, fewer threads than cores avoid contention
+    if config.train.threads:  # None: torch's default, all cores (configs of older stores)
         torch.set_num_threads(config.train.threads)
     data = load(config.data, config.train.seed)
     seed_everything(config.train.seed)
@@ -151,7 +152,7 @@ def record(
         def write_static():
             _write_static(writer, model, constraint, data, n_probe, autoencoder)
 
-        return _train(writer, trainer, signals, write_static)
+        return _train(writer, trainer, signals, write_static, f"recording {_what(config)} into")
 
 
 def resume(out: str | Path, progress: bool = True) -> RunResult:
@@ -213,12 +214,27 @@ def resume(out: str | Path, progress: bool = True) -> RunResult:
     trainer.restore(arrays, counters)
     with stop_on_signals(trainer) as signals:
         writer = RunWriter.reopen(out, committed)
-        return _train(writer, trainer, signals, lambda: None)
+        what = f"resuming {_what(config)} after step {trainer.step} in"
+        return _train(writer, trainer, signals, lambda: None, what)
 
 
-def _train(writer: RunWriter, trainer: Trainer, signals: _Signals, write_static) -> RunResult:
-    """Run the trainer into ``writer`` and close the store with the status the run ended in."""
+def _what(config: Config) -> str:
+    return f"{config.rule.name} on {config.data.name}"
+
+
+def _train(
+    writer: RunWriter, trainer: Trainer, signals: _Signals, write_static, what: str
+) -> RunResult:
+    """Run the trainer into ``writer`` and close the store with the status the run ended in.
+
+    With progress on, a line on stderr first says ``what`` goes into which store: once the
+    store is there, so that a run refused before it (nothing written) shows only its error.
+    """
     trainer.writer = writer
+    if trainer.progress:
+        epochs = trainer.config.train.epochs
+        length = f"{epochs} epoch{'s' * (epochs != 1)}, {trainer.total_steps} steps"
+        print(f"{what} {writer.path} ({length})", file=sys.stderr, flush=True)
     try:
         write_static()
         writer.commit()  # the list of arrays, for checks, from the first moment on

@@ -195,10 +195,13 @@ def parse_spec(
 def _point_config(
     base: str | None, overrides: dict[str, Any], seed: int, data: str | None, where: str, arm: str
 ) -> Config:
+    # the sweep sets each worker's threads; leaving them unset keeps a point's config (and so
+    # its hash in a study directory) independent of the record command's default
+    fixed = {"train.threads": None, **overrides, "train.seed": seed}
     try:
-        config = build_config(base, None, {**overrides, "train.seed": seed})
+        config = build_config(base, None, fixed)
         if data is not None and config.data.name in IMAGE_DATA:
-            config = build_config(base, None, {**overrides, "train.seed": seed, "data.name": data})
+            config = build_config(base, None, {**fixed, "data.name": data})
     except ConfigError as err:
         label = f"base preset {base!r}" if "preset" in str(err) else f"arm {arm!r}"
         raise SpecError(f"{where}: {label}: {err}") from None

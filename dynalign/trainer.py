@@ -9,6 +9,7 @@ object and the recorder decide what each step does beyond plain training.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -247,13 +248,20 @@ class Trainer:
             self.writer.commit_if_due()
 
     # -- the loop ------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.x_train) / self.config.train.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.epochs * self.steps_per_epoch
+
     def run(self) -> RunResult:
         cfg = self.config.train
         x_train, y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
         n = len(x_train)
-        steps_per_epoch = math.ceil(n / cfg.batch_size)
-        total = cfg.epochs * steps_per_epoch
-        bar = _progress(total, self.progress, initial=self.step)
+        steps_per_epoch, total = self.steps_per_epoch, self.total_steps
+        progress = Progress(total, cfg.epochs, self.progress, done=self.step)
         status, message = "completed", ""
         self.model.train()
         if not self._resumed:
@@ -269,17 +277,11 @@ class Trainer:
                     idx = self.order[start : start + cfg.batch_size]
                     row = self.train_batch(x_train[idx], y_train[idx])
                     self.batch += 1
-                    bar.update(1)
+                    progress.step(row, last=self.step == total)
                     self.keep_safe()
                     if self.stop_requested:
                         raise StopRequested
-                    if self.step % 20 == 1 or self.step == total:
-                        bar.set_postfix(
-                            loss=f"{row['loss']:.4f}",
-                            acc=f"{row['batch_accuracy']:.3f}",
-                            refresh=False,
-                        )
-                self._end_epoch()
+                progress.epoch(self._end_epoch())
                 if per_epoch and self._checkpoint_due():
                     self.checkpoint(epoch_done=True)
                 elif self.writer is not None:
@@ -297,7 +299,7 @@ class Trainer:
             cause = self.stop_requested or "KeyboardInterrupt"
             status, message = "interrupted", f"stopped by {cause} during step {self.step}"
         finally:
-            bar.close()
+            progress.close()
             if status != "interrupted":
                 self.recorder.take_snapshots(self.step, final=True)
         done = int(self.final.get("epoch", 0))
@@ -322,18 +324,53 @@ class Trainer:
         return row
 
 
-def _progress(total: int, enabled: bool, initial: int = 0):
+class Progress:
+    """What a run shows on stderr while it trains: on a terminal a bar, which stays at the end;
+    elsewhere (a log file, a pipe, CI) one line per epoch, since a bar would draw nothing."""
+
+    def __init__(self, total: int, epochs: int, enabled: bool = True, done: int = 0):
+        self.epochs, self.start = epochs, time.monotonic()
+        terminal = sys.stderr.isatty()
+        self.lines = enabled and not terminal
+        self.bar = _bar(total, done) if enabled and terminal else None
+        self.shown: dict[str, str] = {}  # the bar's postfix
+
+    def step(self, row: dict, last: bool = False) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if row["step"] % 20 == 1 or last:
+            self.shown.update(loss=f"{row['loss']:.4f}", acc=f"{row['batch_accuracy']:.3f}")
+            self.bar.set_postfix(self.shown, refresh=False)
+
+    def epoch(self, row: dict) -> None:
+        if self.lines:
+            elapsed = time.monotonic() - self.start
+            print(epoch_line(row, self.epochs, elapsed), file=sys.stderr, flush=True)
+        elif self.bar is not None and not math.isnan(row["val_accuracy"]):
+            self.shown["val_acc"] = f"{row['val_accuracy']:.3f}"
+            self.bar.set_postfix(self.shown, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def epoch_line(row: dict, epochs: int, elapsed: float) -> str:
+    """``epoch 3/30: train loss 0.1234 acc 0.9650, val loss 0.2345 acc 0.9420, 12.3 s``
+    (an accuracy is left out where the task has none)."""
+    parts = []
+    for split in ("train", "val"):
+        part = f"{split} loss {row[f'{split}_loss']:.4f}"
+        accuracy = row[f"{split}_accuracy"]
+        parts.append(part if math.isnan(accuracy) else f"{part} acc {accuracy:.4f}")
+    return f"epoch {row['epoch']}/{epochs}: {', '.join(parts)}, {elapsed:.1f} s"
+
+
+def _bar(total: int, done: int):
     from tqdm.auto import tqdm
 
-    # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=None if enabled else True,
-        unit="step",
-        dynamic_ncols=True,
-        leave=False,
-    )
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=True)
 
 
 def seed_everything(seed: int) -> None:

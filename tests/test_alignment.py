@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from dynalign.analyses import alignment
-from dynalign.analyses.smoothing import AnalysisError, smooth
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from synthetic_stores import exp_decay, make_run, read_run, write_run
+
+from dynalign.analyses import alignment, figures
+from dynalign.analyses.smoothing import AnalysisError, smooth
 
 STEPS = 600
 TAU = 100.0
@@ -215,14 +219,161 @@ def test_bad_parameters_raise_clear_errors(params):
         alignment.analyze(make_run(steps=10), **params)
 
 
-def test_plot_angles_has_one_panel_per_kind_and_two_lines_per_layer():
-    tree = make_run(steps=30, layers=["fc1", "fc2"], update_angle=np.linspace(90, 10, 30))
-    result = alignment.analyze(tree)
+# ------------------------------------------------------------------------------ figure checks
+# Shared by the tests of every analysis's figures (imported from here, as helpers are elsewhere).
+
+
+def draw_warnings(fig: Figure) -> list[str]:
+    """The warnings drawing ``fig`` on the Agg canvas raises (constrained layout collapsing,
+    missing glyphs, ...)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FigureCanvasAgg(fig)
+        fig.canvas.draw()
+    return [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+def check_figure(fig: Figure, units: tuple[str, ...] = ()) -> None:
+    """A figure a reader of the report can read on its own: a title, every visible plot axes
+    labelled on x and y, each unit in ``units`` in some axis label, no legend inside the axes
+    (legends sit outside, so they do not squeeze the plots) and drawn without a warning."""
+    assert isinstance(fig, Figure)
+    titles = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+    assert any(t.strip() for t in titles), "the figure has no title"
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert visible
+    labels = []
+    for ax in visible:
+        assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), ax.get_title()
+        assert ax.get_legend() is None, f"a legend inside {ax.get_title()!r}"
+        labels += [ax.get_xlabel(), ax.get_ylabel()]
+    for unit in units:
+        assert any(unit in label for label in labels), (unit, labels)
+    assert draw_warnings(fig) == []
+
+
+def check_captions(module) -> None:
+    """Every plot function's docstring opens with one line that reads as a caption sentence."""
+    plots = [
+        fn
+        for name, fn in vars(module).items()
+        if name.startswith("plot_") and inspect.isfunction(fn) and fn.__module__ == module.__name__
+    ]
+    assert plots
+    for fn in plots:
+        first = (fn.__doc__ or "").strip().splitlines()[0]
+        assert first[:1].isupper() and first.endswith("."), (fn.__name__, first)
+        assert len(first.split()) >= 6 and "``" not in first, (fn.__name__, first)
+
+
+def _planted(steps: int, n_layers: int, **kwargs) -> xr.DataTree:
+    """A run whose hidden layers align (update, delta, feedback 90 -> 60 degrees) and whose
+    read-out, the last layer, is exact as under FA."""
+    decay = exp_decay(steps, 90.0, 60.0, steps / 5)
+    hidden = np.column_stack([decay + j for j in range(n_layers - 1)] + [np.zeros(steps)])
+    feedback = np.column_stack([decay + j for j in range(n_layers)])
+    return make_run(
+        steps=steps,
+        layers=[f"fc{j + 1}" for j in range(n_layers)],
+        update_angle=hidden,
+        delta_angle=hidden,
+        feedback_angle=feedback,
+        **kwargs,
+    )
+
+
+def test_plot_angles_has_one_panel_per_kind_and_two_lines_per_drawn_layer():
+    result = alignment.analyze(_planted(30, 3))
     fig = alignment.plot_angles(result)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 3
-    for ax in fig.axes:
-        assert len(ax.get_lines()) == 2 * 2 + 1  # raw + smoothed per layer, threshold line
+    lines = [len(ax.get_lines()) for ax in fig.axes]
+    # raw + smoothed per layer, threshold; the exact read-out fc3 only in the feedback panel
+    assert lines == [2 * 2 + 1, 2 * 2 + 1, 2 * 3 + 1]
+    assert "fc3: exact (0°)" in fig.axes[0].get_title()
     assert len(alignment.plot_angles(result, kinds=["update"]).axes) == 1
     with pytest.raises(AnalysisError, match="kind"):
         alignment.plot_angles(result, kinds=["sideways"])
+
+
+def test_angle_plot_is_none_for_bp_and_a_figure_for_fa():
+    bp = alignment.analyze(_planted(30, 3, config={"rule.name": "bp"}))
+    assert bp.attrs["rule"] == "bp"
+    assert alignment.plot_angles(bp) is None
+    assert figures(alignment, bp) == []
+    fa = alignment.analyze(_planted(30, 3, config={"rule.name": "fa"}))
+    assert fa.attrs["rule"] == "fa"
+    assert isinstance(alignment.plot_angles(fa), Figure)
+    assert [name for name, _ in figures(alignment, fa)] == ["plot_angles"]
+
+
+def test_a_result_without_the_rule_attr_reads_the_rule_from_its_config():
+    bp = alignment.analyze(make_run(steps=10, config={"rule.name": "bp"}))
+    del bp.attrs["rule"]
+    assert alignment.result_rule(bp) == "bp" and alignment.plot_angles(bp) is None
+
+
+def test_kinds_with_no_informative_layer_get_no_panel():
+    # every angle 0 (exact) or missing: nothing to draw, even for an FA run
+    assert alignment.plot_angles(alignment.analyze(make_run(steps=20))) is None
+    nan = np.full((20, 2), np.nan)
+    tree = make_run(
+        steps=20,
+        layers=["fc1", "fc2"],
+        update_angle=np.column_stack([np.linspace(90, 50, 20), np.zeros(20)]),
+        feedback_angle=np.column_stack([nan[:, 0], np.full(20, 85.0)]),  # as under DFA
+    )
+    fig = alignment.plot_angles(alignment.analyze(tree))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 2 and titles[0].startswith("Update") and "fc2: exact" in titles[0]
+    assert titles[1].startswith("Feedback") and "fc1: no angle" in titles[1]
+
+
+def test_bp_table_says_the_angles_are_exact_in_one_line_and_keeps_the_numbers():
+    result = alignment.analyze(make_run(steps=40, config={"rule.name": "bp"}, probe_every=4))
+    lines = alignment.table(result).splitlines()
+    assert len(lines) == 2
+    assert "exact by construction" in lines[1] and "0° up to rounding" in lines[1]
+    assert (result["plateau_angle"] == 0).all()  # the numbers stay in the result
+    fa = alignment.table(alignment.analyze(_planted(40, 2)))
+    assert "exact by construction" not in fa and "plateau" in fa
+
+
+@pytest.mark.parametrize("n_layers", [3, 9])
+def test_angle_figure_is_titled_labelled_and_draws_cleanly(n_layers):
+    # 9 layers: an 8-hidden-layer MLP, the most a report usually shows in one figure
+    fig = alignment.plot_angles(alignment.analyze(_planted(200, n_layers)))
+    check_figure(fig, units=("°", "step"))
+    assert fig.get_suptitle().startswith("Alignment with backprop")
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"fc{j + 1}" for j in range(n_layers)] + ["threshold 80°"]
+
+
+def test_check_figure_fails_on_a_figure_a_reader_cannot_read():
+    fig = Figure(figsize=(2.0, 1.5), layout="constrained")
+    ax = fig.add_subplot()
+    (line,) = ax.plot([0, 1], [0, 1], label="a")
+    with pytest.raises(AssertionError):
+        check_figure(fig)  # no title
+    ax.set_title("t")
+    with pytest.raises(AssertionError):
+        check_figure(fig)  # no labels
+    ax.set_xlabel("step")
+    ax.set_ylabel("angle (°)")
+    with pytest.raises(AssertionError):
+        check_figure(fig, units=("%",))  # a unit no label has
+    ax.legend()
+    with pytest.raises(AssertionError):
+        check_figure(fig)  # a legend inside the axes
+    ax.get_legend().remove()
+    check_figure(fig, units=("°",))
+    # a legend too long for the figure squeezes the axes to nothing: a warning, so a failure
+    labels = [f"a long legend entry {j}" for j in range(12)]
+    fig.legend([line] * 12, labels, loc="outside right upper")
+    assert any("constrained_layout not applied" in w for w in draw_warnings(fig))
+    with pytest.raises(AssertionError):
+        check_figure(fig)
+
+
+def test_plot_docstrings_read_as_captions():
+    check_captions(alignment)

@@ -9,8 +9,9 @@ import json
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from dynalign.cli.main import cli
 from test_report import _parse
+
+from dynalign.cli.main import cli
 
 TINY = [
     "--set",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from dynalign.analyses import autoencoder as ae
-from dynalign.analyses.smoothing import AnalysisError
 from matplotlib.figure import Figure
 from synthetic_stores import make_run, read_run, write_run
+from test_alignment import check_captions, check_figure
+
+from dynalign.analyses import autoencoder as ae
+from dynalign.analyses import figures
+from dynalign.analyses.smoothing import AnalysisError
 
 SIDE = 8
 N_PROBE = 12
@@ -240,4 +243,29 @@ def test_text_table_and_figures():
     # A run tree is accepted as well and gives the same grid of images.
     grid = ae.plot_reconstructions(autoencoder_run(x, x), n_probes=4, n_times=2)
     assert len(grid.axes) == 1
-    assert [t.get_text() for t in grid.axes[0].get_yticklabels()] == ["input", "step 0", "step 40"]
+    assert [t.get_text() for t in grid.axes[0].get_yticklabels()] == ["input", "0", "40"]
+    assert grid.axes[0].get_ylabel() == "reconstruction at step"
+
+
+UNITS = {
+    "plot_reconstructions": ("pixels",),
+    "plot_filters": ("pixels",),
+    "plot_fvu": ("fraction", "step"),
+    "plot_loss": ("per sample", "step"),
+}
+
+
+def test_figures_are_titled_labelled_and_draw_cleanly():
+    x = probe_inputs()
+    smooth_final = smooth_filters(N_UNITS, 3)
+    result = ae.analyze(autoencoder_run(x * 0 + x.mean(0), x, final_filters=smooth_final))
+    drawn = figures(ae, result)
+    assert [name for name, _ in drawn] == list(UNITS)
+    for name, fig in drawn:
+        check_figure(fig, units=UNITS[name])
+    assert "does not reconstruct" in ae.plot_reconstructions(result).get_suptitle()
+    assert "log scale" not in ae.plot_loss(result).axes[0].get_ylabel()  # terms within 100x
+
+
+def test_plot_docstrings_read_as_captions():
+    check_captions(ae)

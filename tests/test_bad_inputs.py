@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from synthetic_stores import make_run, write_run
+
 from dynalign.analyses import report as report_module
 from dynalign.cli.main import cli
-from synthetic_stores import make_run, write_run
 
 #: appended to every `record` case: small, so that a case that slipped through would be quick
 SMALL = ["--set", "train.epochs=1", "--set", "data.n_train=100", "--set", "model.width=16"]
@@ -140,6 +141,11 @@ CASES = [
     Case("epochs-zero", [*R, "--epochs", "0"], "train.epochs=0", "give a positive"),
     Case("epochs-negative", [*R, *_s("epochs=-3")], "must be greater than 0", "give"),
     Case("batch-text", [*R, "--batch-size", "abc"], "train.batch_size='abc'", "give"),
+    # the typed flags (INTEGER, FLOAT in `record --help`) keep the config's messages
+    Case("epochs-text", [*R, "--epochs", "many"], "train.epochs='many' is not a valid int", "give"),
+    Case("threads-fraction", [*R, "--threads", "1.5"], "not a valid int", "e.g. train.threads=1"),
+    Case("threads-zero", [*R, "--threads", "0"], "train.threads=0 must be greater", "give"),
+    Case("width-negative", [*R, "--width", "-4"], "model.width=-4 must be greater", "give"),
     Case("width-zero", [*R, *_s("model.width=0")], "model.width=0", "give a positive"),
     Case("depth-fraction", [*R, "--depth", "2.5"], "model.depth='2.5' is not a valid", "give"),
     Case("kind-unknown", [*R, "--model", "transformer"], "'transformer' is not one of", "set"),

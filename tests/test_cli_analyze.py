@@ -10,12 +10,13 @@ import pytest
 import xarray as xr
 import zarr
 from click.testing import CliRunner
-from dynalign.analyses import COMPARE, applicable, figures
-from dynalign.cli.analyze import analyze, report
 from synthetic_stores import exp_decay, make_run, write_run
 from test_autoencoder_analysis import autoencoder_run, probe_inputs
 from test_report import _parse
 
+from dynalign.analyses import COMPARE, applicable, figures
+from dynalign.analyses.curves import plot_run_curves
+from dynalign.cli.analyze import analyze, report
 from dynalign.reader import open_run
 
 
@@ -155,6 +156,7 @@ def test_report_writes_html_with_every_figure(stores, tmp_path):
     trees = [open_run(s) for s in stores]
     made = sum(len(figures(m, m.analyze(t))) for t in trees for m in applicable(t))
     made += len(figures(COMPARE, COMPARE.analyze(trees)))
+    made += sum(plot_run_curves(t) is not None for t in trees)  # each run's learning curves
     assert len(parser.images) == made
     assert not out.with_suffix(".pdf").exists()
 

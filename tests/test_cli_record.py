@@ -9,9 +9,9 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from dynalign.cli.main import cli
 
 from dynalign import open_run
+from dynalign.cli.main import cli
 
 SMALL = [
     "--depth",
@@ -169,3 +169,82 @@ def test_threads_flag_sets_torch_threads(tmp_path):
         torch.set_num_threads(before)
     result = invoke("record", *SMALL, "--threads", "0", "--out", str(tmp_path / "u.zarr"))
     assert result.exit_code == 2 and "train.threads=0 must be greater than 0" in result.output
+
+
+def test_record_on_a_pipe_names_the_store_first_then_one_line_per_epoch(tmp_path):
+    """Without a terminal (a log, CI) progress is one stderr line per epoch, after the line
+    that says where the store goes; stdout keeps the summary."""
+    out = tmp_path / "p.zarr"
+    args = [*SMALL[:-1], "--epochs", "2", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "dynalign.cli", "record", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("recording fa on digits into ") and str(out) in lines[0], lines
+    assert "(2 epochs, 2 steps)" in lines[0]
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"], lines
+    assert lines[1:] == epochs
+    assert all("train loss" in line and "val loss" in line and " s" in line for line in epochs)
+    assert f"store: {out}" in done.stdout and "epochs: 2" in done.stdout
+
+
+def test_quiet_record_prints_only_the_summary(tmp_path):
+    result = invoke("record", *SMALL, "--out", str(tmp_path / "q.zarr"))
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("store: ")
+
+
+def test_record_help_shows_types_defaults_and_help_for_every_option():
+    from dynalign.config import Config
+
+    train = Config().train
+    text = " ".join(invoke("record", "--help").output.split())  # undo the wrapping
+    for flag, kind, value in (
+        ("--epochs", "INTEGER", train.epochs),
+        ("--batch-size", "INTEGER", train.batch_size),
+        ("--lr", "FLOAT", train.lr),
+        ("--seed", "INTEGER", train.seed),
+        ("--threads", "INTEGER", train.threads),
+    ):
+        assert f"{flag} {kind}" in text, flag
+        described = text[text.index(f"{flag} {kind}") :]
+        assert f"[default: {value};" in described[: described.index("]")], flag
+    params = cli.commands["record"].params
+    assert [p.name for p in params if not (p.help or "").strip()] == []
+
+
+def test_threads_default_to_one(tmp_path):
+    import torch
+
+    from dynalign.config import from_json
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = tmp_path / "d.zarr"
+        assert invoke("record", *SMALL, "--out", str(out)).exit_code == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads(open_run(out).attrs["config"])["train"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    old = json.loads(open_run(out).attrs["config"])
+    old["train"]["threads"] = None  # as stores written before the default changed keep it
+    assert from_json(json.dumps(old)).train.threads is None
+
+
+def test_inspect_shows_the_keys_the_run_reads(tmp_path):
+    out = tmp_path / "m.zarr"
+    invoke("record", *SMALL, "--out", str(out))
+    text = invoke("inspect", str(out)).output
+    model = next(line for line in text.splitlines() if line.strip().startswith("[model]"))
+    assert "kind=mlp" in model and "depth=1" in model and "width=16" in model
+    for key in ("channels", "kernel_size", "code_size", "seq_len", "patch_size", "text_path"):
+        assert f"{key}=" not in text, key
+    assert "--json" in text
+    full = json.loads(invoke("inspect", str(out), "--json").output)["config"]
+    assert "channels" in full["model"] and "seq_len" in full["data"]

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from dynalign.analyses import compare
-from dynalign.analyses.smoothing import AnalysisError, bootstrap_ci
 from matplotlib.figure import Figure
 from scipy import stats
 from synthetic_stores import make_run, read_run, write_run
+
+from dynalign.analyses import compare
+from dynalign.analyses.smoothing import AnalysisError, bootstrap_ci
 
 EPOCHS = 4
 STEPS = EPOCHS * 5
@@ -226,3 +227,107 @@ def test_result_stores_in_zarr_and_keeps_units(tmp_path):
     again = xr.open_zarr(tmp_path / "compare.zarr", consolidated=False).load()
     xr.testing.assert_allclose(again.reset_coords(drop=True), result.reset_coords(drop=True))
     assert compare.table(again) == compare.table(result)
+
+
+# ------------------------------------------------------------------------------ arms: names
+
+
+def test_runs_differing_only_in_how_they_ran_pool_into_one_arm():
+    how = [
+        {"train.threads": 1, "train.device": "cpu", "probes.every": 1},
+        {"train.threads": 4, "train.device": "cuda", "probes.every": 5},
+        {"data.data_dir": "/somewhere", "probes.snapshot_every": 10},
+    ]
+    runs = [_run(0.5 + 0.01 * s, s, **extra) for s, extra in enumerate(how)]
+    runs.append(_run(0.4, 0, **{"rule.name": "bp", "train.threads": 2}))
+    result = compare.analyze(runs)
+    assert list(result["n_runs"].values) == [3, 1]
+    assert json.loads(result.attrs["parameters"])["by"] == ["rule.name"]
+    assert list(result["arm_name"].values) == ["fc3-fa", "fc3-bp"]  # both are shipped presets
+    assert "train.threads" in json.loads(compare.arms(result).attrs["pooled"])
+    assert compare.excluded("probes.every") and not compare.excluded("train.epochs")
+
+
+def test_arm_names_are_short_and_presets_only_when_every_arm_is_one():
+    runs = [_run(0.5, 0), _run(0.6, 0, **{"rule.name": "bp"})]
+    runs.append(_run(0.4, 0, **{"model.depth": 5, "model.batch_norm": "standard"}))
+    result = compare.analyze(runs)
+    # rule first, bare; other keys short; a preset name would hide the depth of its arm
+    assert list(result["arm_name"].values) == [
+        "fa bn=none depth=3",
+        "bp bn=none depth=3",
+        "fa bn=standard depth=5",
+    ]
+    assert compare.short_name(
+        ["model.excitatory_fraction", "constraint.excitatory_fraction"], [0.5, 0.8]
+    ) == ("model.excitatory_fraction=0.5 constraint.excitatory_fraction=0.8")
+    assert list(compare.arms(result, by=[])["arm_name"].values) == ["all"]
+
+
+def test_long_key_names_give_way_to_the_arms_common_run_names():
+    """Arms differing in many keys are named by what their runs' names share, seed aside."""
+    many = {"model.depth": 5, "model.width": 64, "train.lr": 0.05, "train.batch_size": 50}
+    runs = [_run(0.5, s) for s in (0, 1)] + [_run(0.6, s, **many) for s in (0, 1)]
+    names = ["fa-wide-s0", "fa-wide-s1", "fa-narrow-s0", "fa-narrow-s1"]
+    result = compare.analyze(runs, names=names)
+    assert list(result["arm_name"].values) == ["fa-wide", "fa-narrow"]
+    assert compare.run_stem(["bp-seed0", "bp-seed1"]) == "bp"
+    assert compare.run_stem(["fa-digits"]) == "fa-digits"
+    # short enough: the keys stay, they say what differs
+    deeper = [runs[0], _run(0.6, 0, **{"model.depth": 5})]
+    short = compare.analyze(deeper, names=["x", "y"])
+    assert list(short["arm_name"].values) == ["depth=3", "depth=5"]
+
+
+def test_every_arm_gets_its_own_fixed_colour():
+    result = compare.analyze(_two_arms(2))
+    assert list(result["arm_color"].values) == compare.arm_colors(2)
+    for n in (2, 10, 11, 30, 50):
+        assert len(set(compare.arm_colors(n))) == n
+    # the same arm keeps its colour whatever is plotted from the result
+    grouped = compare.arms(result)
+    assert list(grouped["arm_color"].values) == list(result["arm_color"].values)
+
+
+def _many_arms(n_rules: int = 3, per_rule: int = 10) -> list[xr.DataTree]:
+    rules = ["bp", "fa", "dfa", "kp"][:n_rules]
+    return [
+        _run(
+            0.4 + 0.01 * d, 0, **{"rule.name": r, "model.depth": d + 1, "train.lr": 0.01 * (d + 1)}
+        )
+        for r in rules
+        for d in range(per_rule)
+    ]
+
+
+def _draw(fig: Figure) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+
+
+@pytest.mark.parametrize("n_rules, per_rule", [(1, 2), (1, 30), (3, 10)])
+def test_comparison_figures_stay_legible_from_2_to_30_arms(n_rules, per_rule):
+    import warnings
+
+    result = compare.analyze(_many_arms(n_rules, per_rule))
+    n_arms = n_rules * per_rule
+    assert result.sizes["arm"] == n_arms
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        curves = compare.plot_learning_curves(result)
+        dots = compare.plot_best_accuracy(result)
+        for fig in (curves, dots):
+            _draw(fig)
+    assert not caught, [str(w.message) for w in caught]  # constrained_layout did not give up
+    for fig in (curves, dots):
+        for ax in fig.axes:
+            box = ax.get_position()
+            assert box.width > 0.15 and box.height > 0.1, box
+    # the legend sits outside the axes, one entry per arm
+    (legend,) = curves.legends
+    assert len(legend.get_texts()) == n_arms
+    assert legend.get_window_extent().x0 >= max(ax.get_window_extent().x1 for ax in curves.axes)
+    # many arms: one row of panels per rule
+    assert len(curves.axes) == 2 * (n_rules if n_arms >= compare.FACET_FROM else 1)
+    assert len(dots.axes[0].get_yticklabels()) == n_arms

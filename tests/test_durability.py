@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from dynalign.cli.main import cli
 
+from dynalign.cli.main import cli
 from dynalign.config import build_config, parse_assignments
 from dynalign.reader import check_store, open_run
 from dynalign.record import record, resume

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tomllib
 import xarray as xr
+
 from dynalign.analyses.reproduce import criteria_metrics, finding_numbers, load_finding
 from dynalign.analyses.study import is_metric
 from dynalign.analyses.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, combine, evaluate
-
 from dynalign.config import EMBEDDED_DATA, check_consistency, from_json
 from dynalign.spec import SAFE_NAME
 

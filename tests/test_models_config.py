@@ -11,10 +11,10 @@ from importlib import resources
 
 import pytest
 import torch
-from dynalign.analyses.reproduce import finding_numbers
 from torch import nn
 
 from dynalign import config as config_module
+from dynalign.analyses.reproduce import finding_numbers
 from dynalign.batchnorm import BATCH_NORM_KINDS, make_batch_norm
 from dynalign.config import (
     Config,

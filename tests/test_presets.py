@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from dynalign.cli.main import cli
 
 from dynalign import open_run
+from dynalign.cli.main import cli
 from dynalign.config import build_config, preset_description, preset_names
 from dynalign.models import model_class
 from dynalign.probes import probe_variables

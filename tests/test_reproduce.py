@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import re
 
-import dynalign.analyses.reproduce as reproduce
 import pytest
 from click.testing import CliRunner
+
+import dynalign.analyses.reproduce as reproduce
 from dynalign.cli.main import cli
 
 HEAD = """

@@ -12,9 +12,9 @@ import shutil
 import pytest
 import zarr
 from click.testing import CliRunner
+
 from dynalign.analyses import applicable
 from dynalign.cli.main import cli
-
 from dynalign.reader import check_store, open_run
 from dynalign.record import record, resume
 from dynalign.schema import ADDED_IN_3, SCHEMA_VERSION

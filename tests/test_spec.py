@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from dynalign.cli.main import cli
 
+from dynalign.cli.main import cli
 from dynalign.spec import SpecError, load_spec, parse_spec
 
 TINY = """

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from dynalign.analyses import ANALYSES, applicable, figures, spectra, summary
-from dynalign.analyses.smoothing import AnalysisError
 from matplotlib.figure import Figure
 from synthetic_stores import make_run, write_run
+from test_alignment import check_captions, check_figure
 
+from dynalign.analyses import ANALYSES, applicable, figures, spectra, summary
+from dynalign.analyses.smoothing import AnalysisError
 from dynalign.reader import open_run
 
 # float32 storage rounds every weight by ~6e-8 relative, so planted values come back to ~1e-6
@@ -377,7 +378,41 @@ def test_figures_have_titles_axis_labels_and_the_right_panels():
     rnn = spectra.analyze(run_with({"rnn.H": snap(rng.normal(size=(3, 5, 5)))}))
     fig = spectra.plot_spectral_radius(rnn)
     assert fig is not None and fig.axes[0].get_title() and "radius" in fig.axes[0].get_ylabel()
+    check_figure(fig, units=("step",))
     assert len(figures(spectra, rnn)) == 3
+
+
+@pytest.mark.parametrize("n_layers", [2, 9])
+def test_figures_are_titled_labelled_and_draw_cleanly(n_layers):
+    rng = np.random.default_rng(13)
+    layers = {
+        f"fc{j + 1}": snap(rng.normal(size=(3, 6, 6)), feedback=rng.normal(size=(3, 6, 6)))
+        for j in range(n_layers)
+    }
+    result = spectra.analyze(run_with(layers))
+    for _, fig in figures(spectra, result):
+        check_figure(fig, units=("step",) if fig.axes[0].get_xlabel() == "step" else ())
+    legend = [t.get_text() for t in spectra.plot_entropy(result).legends[0].get_texts()]
+    assert legend == [*layers, "W", "B"]  # colour per layer, line style per matrix
+    panels = [ax for ax in spectra.plot_spectra(result).axes if ax.get_visible()]
+    assert len(panels) == n_layers
+
+
+def test_a_bp_run_names_only_w_in_titles_and_legends():
+    rng = np.random.default_rng(14)
+    bp = spectra.analyze(run_with({"fc1": snap(rng.normal(size=(2, 4, 6)))}))
+    fig = spectra.plot_spectra(bp)
+    check_figure(fig)
+    assert "W solid" in fig.get_suptitle() and "B" not in fig.get_suptitle()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["first snapshot (step 0)", "last snapshot (step 10)", "W"]
+    entropy = spectra.plot_entropy(bp)
+    check_figure(entropy, units=("step",))
+    assert "B" not in entropy.axes[0].get_title()
+
+
+def test_plot_docstrings_read_as_captions():
+    check_captions(spectra)
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -385,7 +420,6 @@ def test_figures_have_titles_axis_labels_and_the_right_panels():
 
 def test_recorded_fa_run_through_the_cli(tmp_path, tiny_config):
     from dynalign.cli.main import cli
-
     from dynalign.record import record
 
     path = tmp_path / "fa.zarr"

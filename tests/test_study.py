@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from dynalign.analyses import study
-from dynalign.analyses.smoothing import AnalysisError, bootstrap_ci
-from dynalign.cli.main import cli
 from matplotlib.collections import PolyCollection
 from synthetic_stores import exp_decay, make_run, rise_then_fall
+from test_alignment import check_captions, check_figure
 from test_autoencoder_analysis import autoencoder_run, probe_inputs
 from test_report import _parse
 
+from dynalign.analyses import study
+from dynalign.analyses.smoothing import AnalysisError, bootstrap_ci
+from dynalign.cli.main import cli
 from dynalign.config import build_config
 from dynalign.reader import open_run
 from dynalign.record import record
@@ -370,13 +371,28 @@ def test_plot_curves_draw_a_band_per_arm(grid_study):
     ax = fig.axes[0]
     assert len(ax.lines) == 4  # one mean curve per arm
     assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 3  # 1-seed arm
-    assert "rule=fa,depth=3 (n=1)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "rule=fa,depth=3 (n=1)" in [t.get_text() for t in fig.legends[0].get_texts()]
     mean = tree["epochs"]["val_accuracy"].sel(rule="bp", depth=2).mean("seed").values
     np.testing.assert_allclose(ax.lines[0].get_ydata(), mean)
     assert len(study.plot_loss(tree).axes) == 2
     assert len(study.plot_accuracy(open_study(grid_study, dims="arm")).axes) == 2
     with pytest.raises(AnalysisError, match="no curve"):
         study.plot_curves(tree, "accuracy")
+
+
+def test_study_figures_are_titled_labelled_and_draw_cleanly(grid_study):
+    tree = open_study(grid_study)
+    accuracy = study.plot_accuracy(tree)
+    check_figure(accuracy, units=("(fraction)", "epoch"))
+    assert accuracy.get_suptitle().startswith("demo: mean over seeds")
+    assert [ax.get_title() for ax in accuracy.axes] == [
+        "Training accuracy per epoch",
+        "Validation accuracy per epoch",
+    ]
+    check_figure(study.plot_loss(tree), units=("(per sample)", "step", "epoch"))
+    legend = [t.get_text() for t in accuracy.legends[0].get_texts()]
+    assert len(legend) == 4  # one entry per arm, shared by both panels
+    check_captions(study)
 
 
 # ------------------------------------------------------------------------------ commands

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from dynalign.analyses import unlearning
-from dynalign.analyses.smoothing import AnalysisError
 from matplotlib.figure import Figure
 from synthetic_stores import make_run, read_run, rise_then_fall, write_run
+from test_alignment import check_captions, check_figure
+
+from dynalign.analyses import figures, unlearning
+from dynalign.analyses.smoothing import AnalysisError
 
 STEPS = 600
 ONSET = 300  # the planted accuracy holds 0.9 from step 100 to ONSET, then falls
@@ -188,16 +190,81 @@ def test_result_attrs_and_units():
     assert result.attrs["analysis"] == "unlearning"
 
 
-def test_plot_marks_peak_and_onsets_with_zeroing_on_a_second_axis():
+def test_plot_marks_peak_onsets_and_fit_on_the_accuracy():
     result = unlearning.analyze(_sign_run(_accuracy(), zeroed=_logistic(200.0)))
     fig = unlearning.plot_unlearning(result)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
     labels = {line.get_label() for line in fig.axes[0].get_lines()}
     assert {"smoothed", "peak", "onset (margin)", "onset (hinge)", "hinge fit"} <= labels
-    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["zeroed fraction"]
+    assert "zeroed fraction" not in labels  # zeroing has its own figure
 
     flat = unlearning.analyze(make_run(steps=STEPS, accuracy=np.linspace(0.1, 0.9, STEPS)))
     flat_labels = {
         line.get_label() for line in unlearning.plot_unlearning(flat).axes[0].get_lines()
     }
     assert not any(label.startswith("onset") for label in flat_labels)
+
+
+def test_zeroing_figure_only_for_sign_constrained_runs():
+    dale = unlearning.analyze(_sign_run(_accuracy(), zeroed=_logistic(200.0)))
+    assert dale.attrs["constraint"] == "synapse"
+    fig = unlearning.plot_zeroing(dale)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    ylabels = [ax.get_ylabel() for ax in fig.axes]
+    assert "exactly 0" in ylabels[0] and "flips" in ylabels[1]
+    lines = {line.get_label() for line in fig.axes[0].get_lines()}
+    assert {"fc1", "fc2", "mean over layers", "onset (margin)"} <= lines
+    assert [name for name, _ in figures(unlearning, dale)] == ["plot_unlearning", "plot_zeroing"]
+
+    free = unlearning.analyze(make_run(steps=STEPS, accuracy=_accuracy()))
+    assert free.attrs["constraint"] == "none"
+    assert unlearning.plot_zeroing(free) is None
+    assert [name for name, _ in figures(unlearning, free)] == ["plot_unlearning"]
+    del free.attrs["constraint"]  # an older result: the constraint comes from its config
+    assert not unlearning.is_constrained(free)
+
+
+def test_table_shows_zeroing_only_for_sign_constrained_runs():
+    dale = unlearning.table(unlearning.analyze(_sign_run(_accuracy(), zeroed=_logistic(200.0))))
+    assert "zeroed at onset" in dale and "lag" in dale
+    free = unlearning.table(unlearning.analyze(make_run(steps=STEPS, accuracy=_accuracy())))
+    assert "zeroed" not in free.replace("no zeroing", "") and "lag" not in free
+    assert "onset step" in free and "no sign constraint" in free
+
+
+@pytest.mark.parametrize("n_layers", [2, 9])
+def test_figures_are_titled_labelled_and_draw_cleanly(n_layers):
+    layers = [f"fc{j + 1}" for j in range(n_layers)]
+    zeroed = np.column_stack([_logistic(150.0 + 10 * j) for j in range(n_layers)])
+    tree = make_run(
+        steps=STEPS,
+        layers=layers,
+        accuracy=_accuracy(),
+        zeroed=zeroed,
+        attempted_flips=100 * zeroed,
+        config={"constraint.sign": "neuron"},
+    )
+    result = unlearning.analyze(tree)
+    check_figure(unlearning.plot_unlearning(result), units=("(fraction)", "step"))
+    zeroing = unlearning.plot_zeroing(result)
+    check_figure(zeroing, units=("(fraction)", "(count per step)"))
+    legend = [t.get_text() for t in zeroing.legends[0].get_texts()]
+    assert legend[:n_layers] == layers and "mean over layers" in legend
+
+
+def test_plot_docstrings_read_as_captions():
+    check_captions(unlearning)
+
+
+def test_fall_in_the_last_points_only_is_too_brief_to_call():
+    """A noisy curve whose last two points dip below the margin is not unlearning; the same
+    fall lasting longer is."""
+    acc = rise_then_fall(STEPS, 0.9, 100, STEPS, SLOPE)  # holds 0.9 to the end
+    brief = acc.copy()
+    brief[-2:] = 0.7
+    result = unlearning.analyze(make_run(steps=STEPS, accuracy=brief), window=1)
+    assert not bool(result["unlearning"])
+    assert "too briefly" in result.attrs["verdict"]
+    lasting = acc.copy()
+    lasting[-unlearning.MIN_FALL :] = 0.7
+    assert bool(unlearning.analyze(make_run(steps=STEPS, accuracy=lasting), window=1)["unlearning"])

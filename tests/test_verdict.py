@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import xarray as xr
+
 from dynalign.analyses.smoothing import bootstrap_ci
 from dynalign.analyses.verdict import (
     INCONCLUSIVE,

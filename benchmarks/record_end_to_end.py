@@ -1,0 +1,87 @@
+"""End to end: `dynalign record --preset fc3-fa` against the same training in plain torch.
+
+Both run as whole processes (imports, data, training, and for dynalign the store, probes,
+snapshots, commits and checkpoints), one torch thread, in interleaved pairs whose order
+alternates, so a load change on the machine hits both alike. Prints each pair, the median
+times and their ratio beside the target (<= 1.25), then the start-up time of
+`dynalign --help` and `dynalign presets` (target <= 0.3 s each, median of the runs).
+
+    python benchmarks/record_end_to_end.py [--pairs 5] [--preset fc3-fa] [--startup-runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TARGET_RATIO = 1.25
+TARGET_STARTUP = 0.3
+
+
+def dynalign(*args: str) -> list[str]:
+    """The installed command, next to this Python (the virtual environment's bin)."""
+    return [str(Path(sys.executable).with_name("dynalign")), *args]
+
+
+def timed(command: list[str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - began
+
+
+def end_to_end(pairs: int, preset: str) -> tuple[float, float]:
+    plain = [sys.executable, str(HERE / "plain_fc3_fa.py"), "--threads", "1"]
+    with tempfile.TemporaryDirectory() as folder:
+        record = dynalign(
+            "record", "--preset", preset, "--threads", "1", "--quiet", "--overwrite",
+            "--out", str(Path(folder) / "run.zarr"),
+        )  # fmt: skip
+        times: dict[str, list[float]] = {"plain": [], "dynalign": []}
+        for i in range(pairs):
+            order = [("plain", plain), ("dynalign", record)]
+            for name, command in order if i % 2 == 0 else order[::-1]:
+                times[name].append(timed(command))
+            print(
+                f"pair {i + 1}: plain torch {times['plain'][-1]:.2f} s, "
+                f"dynalign record {times['dynalign'][-1]:.2f} s, "
+                f"ratio {times['dynalign'][-1] / times['plain'][-1]:.2f}",
+                flush=True,
+            )
+    return statistics.median(times["plain"]), statistics.median(times["dynalign"])
+
+
+def startup(runs: int) -> dict[str, float]:
+    out = {}
+    for args in (("--help",), ("presets",)):
+        out["dynalign " + " ".join(args)] = statistics.median(
+            timed(dynalign(*args)) for _ in range(runs)
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--preset", default="fc3-fa")
+    parser.add_argument("--startup-runs", type=int, default=5)
+    args = parser.parse_args()
+    plain, recorded = end_to_end(args.pairs, args.preset)
+    ratio = recorded / plain
+    mark = "met" if ratio <= TARGET_RATIO else "NOT met"
+    print(
+        f"\nmedian of {args.pairs}: plain torch {plain:.2f} s, dynalign record --preset "
+        f"{args.preset} {recorded:.2f} s\nratio {ratio:.2f} (target <= {TARGET_RATIO}: {mark})"
+    )
+    for name, seconds in startup(args.startup_runs).items():
+        mark = "met" if seconds <= TARGET_STARTUP else "NOT met"
+        print(f"{name}: {seconds:.2f} s (target <= {TARGET_STARTUP} s: {mark})")
+
+
+if __name__ == "__main__":
+    main()
