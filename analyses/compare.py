@@ -593,8 +593,9 @@ def _draw_arm(ax: Any, grouped: xr.Dataset, a: int, var: str, epochs: np.ndarray
     g = grouped.isel(arm=a)
     color = str(g["arm_color"].item())
     label = _wrap(_arm_label(grouped, a))
-    marker = "o" if len(epochs) <= 12 else None
-    ax.plot(epochs, g[f"{var}_mean"].values, color=color, marker=marker, markersize=3, label=label)
+    mean = g[f"{var}_mean"].values
+    marker = "o" if np.isfinite(mean).sum() <= 12 else None  # a short arm stays visible
+    ax.plot(epochs, mean, color=color, marker=marker, markersize=3, label=label)
     low, high = g[f"{var}_low"].values, g[f"{var}_high"].values
     if np.isfinite(low).any():
         ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)

@@ -220,8 +220,10 @@ class Writer:
         right: Sequence[bool] = (),
         css: str = "",
         pdf: bool = True,
+        pdf_columns: int | None = None,
     ) -> None:
-        """An HTML table (cells wrap, so it never runs off the page); monospace in the PDF."""
+        """An HTML table (cells wrap, so it never runs off the page); monospace in the PDF,
+        with only its first ``pdf_columns`` columns where a page is too narrow for all."""
         right = list(right) + [False] * (len(head) - len(right))
 
         def cells(row: Sequence[str | Cell], tag: str) -> str:
@@ -238,7 +240,10 @@ class Writer:
             f"{body}</table></div>"
         )
         if pdf:
-            self.pdf_text(_text_table([_text(c) for c in head], rows, right))
+            keep = slice(pdf_columns)
+            self.pdf_text(
+                _text_table([_text(c) for c in head[keep]], [r[keep] for r in rows], right)
+            )
 
     def key_values(self, rows: list[tuple[str, Any]], head: tuple[str, str], pdf: bool = True):
         self.table(list(head), [(str(k), str(v)) for k, v in rows], pdf=pdf)

@@ -350,7 +350,9 @@ def _summary_section(
         _summary_row(grouped, a, [runs[i] for i in idx], numbers, verdicts)
         for a, idx in enumerate(members(grouped))
     ]
-    out.table(head, rows, [False] * 5 + [True] * len(numbers), css="summary")
+    # the PDF leaves out the runs column: each run has its own page there
+    right = [False] * 5 + [True] * len(numbers)
+    out.table(head, rows, right, css="summary", pdf_columns=-1)
     out.paragraph(_summary_note(result, grouped), css="note")
 
 
