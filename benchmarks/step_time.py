@@ -10,13 +10,17 @@ A 3x512 ReLU MLP on 3072-dimensional inputs (CIFAR-10 sized), batch 100, SGD wit
   (e) the same with probes every 10 steps
   (r) every other rule (DFA, sign symmetry, Kolen-Pollack, weight mirror, the head-only
       control) without probes: what the rule itself costs (target <= 1.15 each)
+and for the default ConvNet (3x3 conv 16 and 32 channels, each with ReLU and 2x2 max pool, a
+linear read-out) on 3x32x32 images, batch 100, as ratios to its own plain-torch twin:
+  (conv a) plain torch.nn.Conv2d/Linear, backprop
+  (conv d) dynalign FA, every probe on every step, store written as in (d)
 Variants are timed in interleaved rounds and each reports its median time per step, so a
 machine that is busy for a while slows all of them alike. The cost of one checkpoint and of
 one commit of this net is timed on its own. Peak memory (max RSS of a fresh process) is then
 measured for runs that record 2,000 and 20,000 steps with every probe.
 
     python benchmarks/step_time.py [--steps 40] [--rounds 11] [--threads 1] [--skip-memory]
-                                   [--skip-timing]
+                                   [--skip-timing] [--skip-rules] [--skip-conv]
 """
 
 from __future__ import annotations
@@ -42,24 +46,41 @@ from dynalign.store import RunWriter
 from dynalign.trainer import Trainer
 
 N_IN, WIDTH, DEPTH, N_OUT, BATCH = 3072, 512, 3, 10, 100
+IMAGE, CHANNELS = (3, 32, 32), (16, 32)
 
 
-def synthetic(n: int, n_in: int, seed: int = 0) -> Dataset:
+def synthetic(n: int, n_in: int | tuple[int, ...], seed: int = 0) -> Dataset:
+    """Random inputs of ``n_in`` features (or of that shape: images) with random labels."""
+    shape = (n_in,) if isinstance(n_in, int) else tuple(n_in)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, n_in, generator=g)
+    x = torch.randn(n, *shape, generator=g)
     y = torch.randint(0, N_OUT, (n,), generator=g)
     return Dataset(
-        "bench", x, y, x[:BATCH], y[:BATCH], N_OUT, (n_in,), "classification", "0" * 64, {}
+        "bench", x, y, x[:BATCH], y[:BATCH], N_OUT, shape, "classification", "0" * 64, {}
     )
 
 
-def plain_torch_stepper(data: Dataset, lr: float = 0.01):
-    torch.manual_seed(0)
+def plain_mlp() -> nn.Module:
     layers: list[nn.Module] = []
     sizes = [N_IN] + [WIDTH] * DEPTH
     for i in range(DEPTH):
         layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(WIDTH, N_OUT))
+    return nn.Sequential(*layers, nn.Linear(WIDTH, N_OUT))
+
+
+def plain_convnet() -> nn.Module:
+    """The default dynalign ConvNet's layers in plain torch."""
+    layers: list[nn.Module] = []
+    channels, (height, width) = [IMAGE[0], *CHANNELS], IMAGE[1:]
+    for c_in, c_out in zip(channels, channels[1:], strict=False):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        height, width = height // 2, width // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * height * width, N_OUT))
+
+
+def plain_torch_stepper(data: Dataset, lr: float = 0.01, conv: bool = False):
+    torch.manual_seed(0)
+    model = plain_convnet() if conv else plain_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -74,14 +95,22 @@ def plain_torch_stepper(data: Dataset, lr: float = 0.01):
 
 
 def dynalign_stepper(
-    data: Dataset, rule: str, probe_every: int, store: Path | None, width: int = WIDTH
+    data: Dataset,
+    rule: str,
+    probe_every: int,
+    store: Path | None,
+    width: int = WIDTH,
+    conv: bool = False,
 ):
+    model_keys = (
+        {"model.kind": "convnet", "model.channels": list(CHANNELS), "data.name": "cifar10"}
+        if conv
+        else {"model.depth": DEPTH, "model.width": width, "data.name": "synthetic"}
+    )
     config = build_config(
         overrides={
-            "model.depth": DEPTH,
-            "model.width": width,
+            **model_keys,
             "rule.name": rule,
-            "data.name": "synthetic",
             "probes.every": probe_every,
             "probes.snapshot_every": 100,
             "probes.checkpoint_every": 100,
@@ -125,12 +154,16 @@ def time_steps(step, batches, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def timing(steps: int, rounds: int, rules: bool = True) -> None:
-    data = synthetic(BATCH * 10, N_IN)
-    batches = [
+def batches_of(data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [
         (data.x_train[i : i + BATCH], data.y_train[i : i + BATCH])
         for i in range(0, len(data.x_train), BATCH)
     ]
+
+
+def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> None:
+    data = synthetic(BATCH * 10, N_IN)
+    batches = batches_of(data)
     tmp = Path(tempfile.mkdtemp(prefix="dynalign-bench-"))
     variants = {"(a) torch nn.Linear, BP": plain_torch_stepper(data)}
     variants["(b) dynalign BP, no probes"] = dynalign_stepper(data, "bp", 0, None)[0]
@@ -149,19 +182,30 @@ def timing(steps: int, rounds: int, rules: bool = True) -> None:
                 variants[f"(r) dynalign {name}, no probes"] = dynalign_stepper(data, name, 0, None)[
                     0
                 ]
-    for step in variants.values():  # warm-up: first calls allocate and pick kernels
-        time_steps(step, batches, 5)
+    inputs = {name: batches for name in variants}
+    if conv:
+        images = synthetic(BATCH * 10, IMAGE)
+        variants["(conv a) torch nn.Conv2d, BP"] = plain_torch_stepper(images, conv=True)
+        variants["(conv d) FA, all probes every step + store"] = dynalign_stepper(
+            images, "fa", 1, tmp / "conv-d.zarr", conv=True
+        )[0]
+        inputs.update(dict.fromkeys(list(variants)[-2:], batches_of(images)))
+    for name, step in variants.items():  # warm-up: first calls allocate and pick kernels
+        time_steps(step, inputs[name], 5)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, step in variants.items():
-            samples[name].append(time_steps(step, batches, steps))
-    ref = samples["(a) torch nn.Linear, BP"]
+            samples[name].append(time_steps(step, inputs[name], steps))
     print(
         f"step time, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
         f"{torch.get_num_threads()} thread(s), {rounds} interleaved rounds x {steps} steps; "
-        "ratios to (a) from the medians and from the fastest rounds (least disturbed by others)"
+        "ratios to (a), or (conv a), from the medians and from the fastest rounds (least "
+        "disturbed by others)"
     )
     for name, values in samples.items():
+        ref = samples[
+            "(conv a) torch nn.Conv2d, BP" if "conv" in name else "(a) torch nn.Linear, BP"
+        ]
         med, best = statistics.median(values), min(values)
         print(
             f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {med / statistics.median(ref):5.2f}"
@@ -232,10 +276,11 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-rules", action="store_true", help="leave out the (r) rows")
+    parser.add_argument("--skip-conv", action="store_true", help="leave out the ConvNet rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_timing:
-        timing(args.steps, args.rounds, not args.skip_rules)
+        timing(args.steps, args.rounds, not args.skip_rules, not args.skip_conv)
     if not args.skip_memory:
         memory()
 

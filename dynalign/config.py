@@ -92,7 +92,11 @@ class TrainConfig:
 @dataclass
 class ProbeConfig:
     every: int = 1  # per-layer probes every k steps (0: off)
-    snapshot_every: int = 100  # W and B snapshots every k steps, plus first and last (0: off)
+    # W and B snapshots every k steps, plus the first and last (0: off); None: log-spaced over
+    # the run, as many as snapshot_budget allows (dense early, sparse late)
+    snapshot_every: int | None = None
+    snapshot_budget: float = 40.0  # megabytes of W and B snapshots per run (without snapshot_every)
+    snapshot_dtype: str = "float32"  # float32 | float16 (half the bytes, ~3 significant digits)
     reconstruction_every: int = 100  # autoencoders: probe reconstructions every k steps
     n_probe_inputs: int = 16
     checkpoint_every: int | None = None  # steps between checkpoints; None: at epoch ends, 0: off
@@ -121,6 +125,7 @@ CHOICES = {
     "rule.distribution": ("uniform", "normal"),
     "train.optimizer": ("sgd", "adam"),
     "data.scaling": ("zscore", "unit", "none"),
+    "probes.snapshot_dtype": ("float32", "float16"),
 }
 POSITIVE = {
     "model.depth",
@@ -141,6 +146,7 @@ POSITIVE = {
     "probes.n_probe_inputs",
     "rule.mirror_lr",
     "rule.mirror_samples",
+    "probes.snapshot_budget",
 }
 NON_NEGATIVE = {
     "model.bn_momentum",

@@ -22,7 +22,7 @@ from . import schema
 from .angles import angle, angle_from_products, gram_angle_and_norms, gram_matrix
 from .reference import Gradients
 from .schema import Variable
-from .weight_step import WeightStep, host_floats, weight_step
+from .weight_step import WeightStep, host_floats, norms, weight_step
 
 
 @dataclass
@@ -96,14 +96,23 @@ class ScalarProbe(Probe):
 
 
 class SnapshotProbe:
-    """W and B of every layer every ``every`` steps (and, via ``final``, the first and last)."""
+    """W and B of every layer on the schedule's steps (and, via ``final``, the last).
 
-    def __init__(self, every: int, layers: dict):
-        self.every, self.layers = every, layers
+    ``steps`` is the set of steps to snapshot, or an int k for every k steps (0: only the
+    final one); :mod:`dynalign.snapshot_schedule` works the set out from the config."""
+
+    def __init__(self, steps: int | frozenset[int], layers: dict):
+        self.steps, self.layers = steps, layers
         self.last = -1  # the step of the last snapshot (checkpoints keep it)
 
     def due(self, step: int, final: bool = False) -> bool:
-        return self.last != step and (final or (self.every > 0 and step % self.every == 0))
+        if self.last == step:
+            return False
+        if final:
+            return True
+        if isinstance(self.steps, int):
+            return self.steps > 0 and step % self.steps == 0
+        return step in self.steps
 
     def take(self, writer, step: int) -> None:
         self.last = step
@@ -114,6 +123,15 @@ class SnapshotProbe:
             if layer.feedback is not None
         }
         writer.snapshot(step, weights, feedback)
+
+
+def snapshot_bytes(layers: dict, dtype: str) -> int:
+    """Bytes one snapshot of every layer's W (and B) takes in ``dtype``."""
+    numel = sum(
+        layer.weight.numel() + (layer.feedback.numel() if layer.feedback is not None else 0)
+        for layer in layers.values()
+    )
+    return numel * np.dtype(dtype).itemsize
 
 
 class ReconstructionProbe(SnapshotProbe):
@@ -220,9 +238,8 @@ class ActivationProbe(Probe):
 
     def compute(self, ctx: StepContext) -> dict[str, np.ndarray]:
         outputs = ctx.gradients.outputs
-        norms = host_floats(*(torch.linalg.vector_norm(o, dtype=torch.float64) for o in outputs))
         sizes = [max(o.numel(), 1) for o in outputs]
-        return {"activation_rms": np.array(norms) / np.sqrt(sizes)}
+        return {"activation_rms": np.array(norms(*outputs)) / np.sqrt(sizes)}
 
 
 def step_probes(every: int) -> tuple[Probe, ...]:

@@ -146,6 +146,7 @@ def record(
             probe_variables(),
             image_shape=image_shape,
             n_probe=n_probe,
+            snapshot_dtype=config.probes.snapshot_dtype,
             overwrite=overwrite,
         )
 

@@ -3,9 +3,10 @@ snapshots and autoencoder reconstructions.
 
 The trainer asks ``needs(step)`` before a step (a reference pass only when a due probe needs
 one) and hands the finished step to ``record``. Every probe keeps its own schedule: the
-per-layer probes every ``probes.every`` steps, the scalars every step, snapshots of W and B
-every ``probes.snapshot_every`` steps (and the first and last), reconstructions of the probe
-inputs every ``probes.reconstruction_every`` steps (and the first and last).
+per-layer probes every ``probes.every`` steps, the scalars every step, snapshots of W and B on
+the schedule of :mod:`dynalign.snapshot_schedule` (log-spaced within ``probes.snapshot_budget``,
+or every ``probes.snapshot_every`` steps; always the first and last), reconstructions of the
+probe inputs every ``probes.reconstruction_every`` steps (and the first and last).
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import torch
 
 from .config import Config
 from .feedback import FeedbackLayer
-from .probes import ReconstructionProbe, ScalarProbe, SnapshotProbe, StepContext, step_probes
+from .probes import (
+    ReconstructionProbe,
+    ScalarProbe,
+    SnapshotProbe,
+    StepContext,
+    snapshot_bytes,
+    step_probes,
+)
+from .snapshot_schedule import snapshot_steps
 from .store import RunWriter
 
 #: needs that make the forward pass keep each layer's output and input
@@ -28,12 +37,20 @@ class Recorder:
         model: torch.nn.Module,
         layers: dict[str, FeedbackLayer],
         probe_inputs: torch.Tensor | None = None,
+        total_steps: int = 0,
     ):
         self.writer: RunWriter | None = None
         self._due: tuple[int, list] = (-1, [])
         self.scalars = ScalarProbe(tuple(getattr(model, "loss_term_names", ())))
         self.probes = step_probes(config.probes.every)
-        self.snapshots = SnapshotProbe(config.probes.snapshot_every, layers)
+        p = config.probes
+        schedule = snapshot_steps(
+            total_steps,
+            p.snapshot_every,
+            p.snapshot_budget,
+            snapshot_bytes(layers, p.snapshot_dtype),
+        )
+        self.snapshots = SnapshotProbe(frozenset(schedule), layers)
         self.reconstructions = None
         if probe_inputs is not None:  # an autoencoder's fixed inputs
             every = config.probes.reconstruction_every

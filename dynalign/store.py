@@ -124,8 +124,8 @@ class _Appender:
         self.n, self.filled = end, 0
 
 
-def _column(dims: tuple[str, ...], trailing: tuple, v: Variable):
-    return (trailing, v.dtype, dims, {"units": v.units, "long_name": v.long_name})
+def _column(dims: tuple[str, ...], trailing: tuple, v: Variable, dtype: str | None = None):
+    return (trailing, dtype or v.dtype, dims, {"units": v.units, "long_name": v.long_name})
 
 
 def array_paths(group: zarr.Group):
@@ -228,6 +228,7 @@ class RunWriter:
         chunk: int = 512,
         image_shape: tuple[int, ...] | None = None,
         n_probe: int = 0,
+        snapshot_dtype: str = "float32",
         overwrite: bool = False,
         commit_seconds: float = 10.0,
         _reopen: tuple[WriterLock, zarr.Group, dict[str, int]] | None = None,
@@ -266,6 +267,7 @@ class RunWriter:
                 chunk,
                 image_shape,
                 n_probe,
+                snapshot_dtype,
             )
             self.manifest = sorted(array_paths(self.root))
         except OSError as err:
@@ -280,7 +282,15 @@ class RunWriter:
             ) from None
 
     def _create(
-        self, layers, feedback_shapes, extra_step_terms, step_variables, chunk, image_shape, n_probe
+        self,
+        layers,
+        feedback_shapes,
+        extra_step_terms,
+        step_variables,
+        chunk,
+        image_shape,
+        n_probe,
+        snapshot_dtype,
     ) -> None:
         self.layers = list(layers)
         n_layers = len(self.layers)
@@ -310,11 +320,12 @@ class RunWriter:
         for name, shape in layers.items():
             cols = {
                 "snapshot_step": _column((), (), schema.SNAPSHOT_STEP),
-                "weight": _column(schema.weight_dims(shape), shape, schema.WEIGHT),
+                "weight": _column(schema.weight_dims(shape), shape, schema.WEIGHT, snapshot_dtype),
             }
             if name in feedback_shapes:
                 fb = tuple(feedback_shapes[name])
-                cols["feedback"] = _column(schema.feedback_dims(fb, shape), fb, schema.FEEDBACK)
+                dims = schema.feedback_dims(fb, shape)
+                cols["feedback"] = _column(dims, fb, schema.FEEDBACK, snapshot_dtype)
             # trained weights are near-random floats: compressing them costs time, saves ~5%
             self.snapshots[name] = _Appender.create(
                 snaps.create_group(name), "snapshot", cols, 1, compress=False

@@ -166,3 +166,23 @@ def test_dfa_has_no_feedback_angle_for_hidden_layers():
     fb = AngleProbe(1).compute(ctx)["feedback_angle"]
     assert math.isnan(fb[0]) and math.isnan(fb[1])  # B is (outputs, in): no angle to W
     assert 0 < fb[2] < 180  # the read-out's B has W's shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_norms_equal_float64_norms(dtype):
+    """The compiled float64-accumulated norms (float32, float64) and the tensor path (float16)
+    against the norm of a float64 copy, on conv-shaped outputs, zeros, an empty tensor and a
+    non-contiguous view."""
+    from dynalign.weight_step import norms
+
+    g = torch.Generator().manual_seed(5)
+    maps = torch.randn(7, 16, 9, 9, generator=g).to(dtype)
+    wide = (1e30 if dtype == torch.float32 else 1e3) * torch.randn(300, generator=g)
+    cases = [maps, torch.zeros(4, 5, dtype=dtype), torch.zeros(0, dtype=dtype), maps[:, ::2]]
+    cases.append(wide.to(dtype))  # float32 values whose squares overflow float32
+    for t, got in zip(cases, norms(*cases), strict=True):
+        assert got == pytest.approx(
+            float(t.double().norm()), rel=1e-12 if dtype != torch.float16 else 1e-6, abs=0.0
+        )
+    assert math.isnan(norms(torch.tensor([1.0, math.nan], dtype=dtype))[0])
+    assert norms(torch.tensor([1.0, math.inf], dtype=dtype))[0] == math.inf

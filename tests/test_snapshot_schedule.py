@@ -69,3 +69,54 @@ def test_snapshot_steps_chooses_the_schedule():
     budgeted = snapshot_steps(6000, None, 40.0, 7_400_000)
     assert budgeted == log_spaced(6000, 5)
     assert len(snapshot_steps(6000, None, 40.0, 1_000)) == MAX_SNAPSHOTS
+
+
+# ------------------------------------------------------------------------------ in a real run
+
+
+def _snapshot_steps(path) -> list[int]:
+    from dynalign.reader import open_run
+
+    run = open_run(path)
+    return [int(s) for s in run["snapshots/fc1"].ds.snapshot_step.values]
+
+
+def test_a_run_snapshots_on_the_budgeted_log_schedule(tmp_path, tiny_config):
+    """Default: log-spaced, as many as the budget holds (here 3 of this net's snapshots)."""
+    from dynalign.record import record
+
+    # fc1 64x32, fc2 32x32, fc3 10x32; W and B in float32
+    one = (64 * 32 + 32 * 32 + 10 * 32) * 2 * 4
+    config = tiny_config(
+        **{"probes.snapshot_every": None, "probes.snapshot_budget": 3.5 * one / 1e6}
+    )
+    assert record(config, tmp_path / "log.zarr", progress=False).status == "completed"
+    total = 2 * 6  # 2 epochs of 300 / 50 steps
+    assert _snapshot_steps(tmp_path / "log.zarr") == list(log_spaced(total, 3)) == [0, 3, 12]
+
+
+def test_half_precision_snapshots_hold_the_weights_to_float16(tmp_path, tiny_config):
+    import numpy as np
+
+    from dynalign.reader import open_run
+    from dynalign.record import record
+
+    for dtype in ("float32", "float16"):
+        config = tiny_config(**{"probes.snapshot_every": 6, "probes.snapshot_dtype": dtype})
+        record(config, tmp_path / f"{dtype}.zarr", progress=False)
+    full = open_run(tmp_path / "float32.zarr")["snapshots/fc2"].ds
+    half = open_run(tmp_path / "float16.zarr")["snapshots/fc2"].ds
+    assert half.weight.dtype == np.float16 and half.feedback.dtype == np.float16
+    assert full.weight.dtype == np.float32
+    # the same run (same seed): the half-precision copy rounds each weight to 11 bits
+    np.testing.assert_allclose(half.weight.values, full.weight.values, rtol=2**-11, atol=1e-7)
+    assert not np.array_equal(half.weight.values.astype(np.float32), full.weight.values)
+
+
+def test_a_bad_snapshot_setting_is_refused_with_the_fix():
+    from dynalign.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="float32, float16"):
+        build_config(overrides={"probes.snapshot_dtype": "float8"})
+    with pytest.raises(ConfigError, match="greater than 0"):
+        build_config(overrides={"probes.snapshot_budget": 0})
