@@ -2,8 +2,9 @@
 each schedule, one after another; prints MB on disk per 1,000 steps and for the whole run.
 
 Schedules: every 100 steps (the old default), the default (log-spaced within
-probes.snapshot_budget) and the same in float16. The default's target: the study's protocol on Fashion-MNIST (10,000 training images, 60 epochs,
-6,000 steps) writes <= 50 MB; run it with `--epochs 60`.
+probes.snapshot_budget) and the same in float16. The default's target: the study's protocol
+on Fashion-MNIST (10,000 training images, 60 epochs, 6,000 steps) writes <= 50 MB; run it
+with `--epochs 60`.
 
     python benchmarks/store_size.py [--epochs 10] [--data fashion-mnist]
 """

@@ -490,9 +490,11 @@ class RunWriter:
         self._last_commit = time.monotonic()
         return lengths
 
-    def commit_if_due(self) -> None:
-        """A commit at least every ``commit_seconds``: bounds what a hard kill can lose."""
-        if time.monotonic() - self._last_commit >= self.commit_seconds:
+    def commit_if_due(self, seconds: float | None = None) -> None:
+        """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last:
+        bounds what a hard kill can lose, and how often every written file is fsynced."""
+        wait = self.commit_seconds if seconds is None else seconds
+        if time.monotonic() - self._last_commit >= wait:
             self.commit()
 
     def close(self, status: str, message: str = "", **attrs: Any) -> None:

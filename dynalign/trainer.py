@@ -49,6 +49,10 @@ class RunResult:
     final: dict[str, float]
 
 
+#: an epoch's end commits only this long after the last commit (a commit fsyncs every file)
+EPOCH_COMMIT_SECONDS = 1.0
+
+
 def make_optimizer(config: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "adam":
@@ -284,8 +288,9 @@ class Trainer:
                 progress.epoch(self._end_epoch())
                 if per_epoch and self._checkpoint_due():
                     self.checkpoint(epoch_done=True)
-                elif self.writer is not None:
-                    self.writer.commit()
+                elif self.writer is not None:  # readers see each epoch within a second, but
+                    # short epochs do not each pay a commit's fsync of every file written
+                    self.writer.commit_if_due(EPOCH_COMMIT_SECONDS)
                 self.epoch, self.batch, self.order = self.epoch + 1, 0, None
         except Diverged as err:
             if err.row is not None:

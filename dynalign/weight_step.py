@@ -3,9 +3,10 @@
 These reductions run over every weight on every probe step. Done as separate tensor
 operations, each one streams the whole weight matrix from memory again (or writes a
 temporary as large as it), and for a 512×3072 layer that made them the larger part of a probe
-step. On the CPU one compiled loop (numba) does all of them in a single pass over W before, W
-after and B, with float64 accumulators. Other devices (CUDA) run plain tensor expressions,
-where memory bandwidth is not the limit.
+step. On the CPU compiled loops (``dynalign.kernels``) do all of them in a single pass over W
+before, W after and B, block by block, with float64 accumulators, on torch's threads for a
+large layer (the values do not depend on the thread count). Other devices (CUDA) run plain
+tensor expressions, where memory bandwidth is not the limit.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ def weight_step(
     tensors = [t for t in (before, after, feedback) if t is not None]
     if all(_sweepable(t, after.dtype) for t in tensors):
         arrays = [t.detach().reshape(-1).numpy() for t in tensors]
-        values = _compiled_sweep()(
-            arrays[0], arrays[1], arrays[2] if feedback is not None else None
-        )
+        values = _cpu_sweep(arrays[0], arrays[1], arrays[2] if feedback is not None else None)
     else:
         values = _torch(before, after, feedback)
     weight_sq, update_sq, flips, zeros, feedback_dot, feedback_sq = values
@@ -60,38 +59,12 @@ def _sweepable(t: torch.Tensor, dtype: torch.dtype) -> bool:
     )
 
 
-_SWEEP = None
+def _cpu_sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None) -> tuple:
+    """The compiled sweep, on torch's threads for a large layer."""
+    from . import kernels  # imports numba: on first use, not at the CLI's start
 
-
-def _compiled_sweep():
-    """``_sweep`` compiled (once per process, cached on disk); numba is imported on first use."""
-    global _SWEEP
-    if _SWEEP is None:
-        import numba
-
-        # reassoc lets the compiler vectorise the sums; no other fast-math: NaN compares stay
-        # false and zeros keep their sign, so the counts are exact
-        _SWEEP = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})(_sweep)
-    return _SWEEP
-
-
-def _sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None) -> tuple:
-    weight_sq = update_sq = feedback_dot = feedback_sq = 0.0
-    flips = zeros = 0
-    for i in range(after.size):
-        a, b = np.float64(after[i]), np.float64(before[i])  # float32 products are exact here
-        weight_sq += a * a
-        d = b - a
-        update_sq += d * d
-        flips += ((b > 0) & (a < 0)) | ((b < 0) & (a > 0))
-        zeros += a == 0
-        if feedback is not None:
-            f = np.float64(feedback[i])
-            feedback_dot += a * f
-            feedback_sq += f * f
-    if feedback is None:
-        return weight_sq, update_sq, flips, zeros, None, None
-    return weight_sq, update_sq, flips, zeros, feedback_dot, feedback_sq
+    values = kernels.sweep(before, after, feedback, torch.get_num_threads())
+    return (*values[:4], None, None) if feedback is None else tuple(values)
 
 
 def _torch(before, after, feedback) -> tuple:
@@ -138,7 +111,7 @@ _SQUARE_SUM = None
 
 
 def _compiled_square_sum():
-    """``_square_sum`` compiled like ``_sweep`` (once per process, cached on disk)."""
+    """``_square_sum`` compiled (once per process, cached on disk); numba imported here."""
     global _SQUARE_SUM
     if _SQUARE_SUM is None:
         import numba

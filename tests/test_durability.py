@@ -555,7 +555,7 @@ def test_readers_beside_a_live_writer(reads, tmp_path):
 
 def test_one_writer_per_store(tmp_path):
     store = tmp_path / "one.zarr"
-    run = (*BASE[:3], "train.epochs=30", "train.threads=1")
+    run = (*BASE[:3], "train.epochs=300", "train.threads=1")  # lasts beyond the checks
     writer = Writer.record(store, run)
     try:
         assert writer.wait_for(12), writer.output
@@ -572,7 +572,7 @@ def test_one_writer_per_store(tmp_path):
     attrs = open_run(store).attrs
     assert attrs["status"] == "completed" and attrs["writer"]["pid"] == writer.proc.pid
     committed = assert_consistent(store)
-    assert committed["steps"] == 30 * 12 and committed["epochs"] == 30
+    assert committed["steps"] == 300 * 12 and committed["epochs"] == 300
     assert check_store(store, decode=True) == []
 
 

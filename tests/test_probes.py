@@ -76,6 +76,72 @@ def test_weight_step_equals_a_direct_computation(dtype):
     assert float(without.weight_sq) == pytest.approx(float(got.weight_sq), rel=1e-12)
 
 
+def _float64_weight_step(before, after, feedback):
+    """The sweep's reductions as float64 tensor expressions (exact counts)."""
+    b, a, f = before.double(), after.double(), feedback.double()
+    return {
+        "weight_sq": float((a * a).sum()),
+        "update_sq": float(((b - a) ** 2).sum()),
+        "sign_flips": int((((b > 0) & (a < 0)) | ((b < 0) & (a > 0))).sum()),
+        "zeros": int((a == 0).sum()),
+        "feedback_dot": float((a * f).sum()),
+        "feedback_sq": float((f * f).sum()),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_step_on_several_threads_equals_a_float64_computation(dtype):
+    """A layer large enough for the sweep to run on torch's threads (two here), with zeros,
+    tiny flips, flips in the last, partial block, and a size that is no multiple of a block:
+    the same values as a float64 computation, and the same as one thread's."""
+    from dynalign import kernels
+    from dynalign.weight_step import weight_step
+
+    n = kernels.PARALLEL_FROM + kernels.BLOCK // 3
+    g = torch.Generator().manual_seed(7)
+    before = torch.randn(n, generator=g, dtype=torch.float64)
+    after = before + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    feedback = torch.randn(n, generator=g, dtype=torch.float64)
+    after[:1000] = 0.0
+    before[1000:1003] = 0.0
+    before[2000:2004], after[2000:2004] = 1e-30, torch.tensor([-1e-30, 1e-30, -2e-30, 0.0])
+    after[-5:] = -before[-5:]
+    before, after, feedback = before.to(dtype), after.to(dtype), feedback.to(dtype)
+    expected = _float64_weight_step(before, after, feedback)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parallel = weight_step(before, after, feedback)
+        without = weight_step(before, after, None)
+    finally:
+        torch.set_num_threads(threads)
+    serial = weight_step(before, after, feedback)
+    for got in (parallel, serial):
+        assert got.sign_flips == expected["sign_flips"] and got.zeros == expected["zeros"]
+        for name in ("weight_sq", "update_sq", "feedback_dot", "feedback_sq"):
+            assert getattr(got, name) == pytest.approx(expected[name], rel=1e-12), name
+    assert without.feedback_dot is None and without.feedback_sq is None
+    assert without.weight_sq == pytest.approx(parallel.weight_sq, rel=1e-12)
+    assert without.sign_flips == parallel.sign_flips
+    arrays = [t.numpy() for t in (before, after, feedback)]
+    assert (kernels.sweep(*arrays, 1) == kernels.sweep(*arrays, 2)).all()  # same blocks
+
+
+def test_blocked_sweep_edge_cases():
+    """No weights, NaN (counted neither as a flip nor a zero, and NaN sums), one block."""
+    import numpy as np
+
+    from dynalign import kernels
+
+    empty = np.zeros(0, np.float32)
+    assert (kernels.sweep(empty, empty, None, 2)[:4] == 0).all()
+    before = np.array([1.0, -1.0, 2.0, np.nan], np.float32)
+    after = np.array([-1.0, np.nan, 0.0, 3.0], np.float32)
+    sums = kernels.sweep(before, after, after, 2)
+    assert np.isnan(sums[0]) and np.isnan(sums[1]) and np.isnan(sums[4])
+    assert (sums[2], sums[3]) == (1.0, 1.0)
+
+
 def _probe_step(rule: str, rows: int = 8, seed: int = 0):
     """One real step of a small tanh MLP: the probe context, and the tensors to check it by."""
     from dynalign.feedback import feedback_layers
