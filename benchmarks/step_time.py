@@ -207,9 +207,16 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
             "(conv a) torch nn.Conv2d, BP" if "conv" in name else "(a) torch nn.Linear, BP"
         ]
         med, best = statistics.median(values), min(values)
+        ratio = med / statistics.median(ref)
+        goal = target(name, torch.get_num_threads())
+        verdict = (
+            ""
+            if goal is None
+            else f"   target <= {goal:.2f}: " + ("met" if ratio <= goal else "NOT met")
+        )
         print(
-            f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {med / statistics.median(ref):5.2f}"
-            f"   fastest {best * 1e3:8.2f} ms   ratio {best / min(ref):5.2f}"
+            f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {ratio:5.2f}"
+            f"   fastest {best * 1e3:8.2f} ms   ratio {best / min(ref):5.2f}{verdict}"
         )
     trainer = variants["(d) FA, all probes every step + store"].trainer
     costs = {
@@ -266,6 +273,18 @@ def memory(counts=(2000, 20000)) -> None:
         print(f"  {n:>6} steps: {peaks[n]:8.1f} MiB   ({time.perf_counter() - start:.0f} s)")
     a, b = counts
     print(f"  difference {b} - {a} steps: {peaks[b] - peaks[a]:+.1f} MiB")
+
+
+#: targets, as ratios to plain torch in the same run: by the variant's label, (d) by threads
+TARGETS = {"(c)": 1.05, "(e)": 1.10, "(conv d)": 1.5, "(r)": 1.15}
+TARGET_D = {1: 1.4, 2: 1.6}
+
+
+def target(name: str, threads: int) -> float | None:
+    """The ratio ``name`` should stay within, or None for the references."""
+    if name.startswith("(d)"):
+        return TARGET_D.get(threads, TARGET_D[2])
+    return next((t for label, t in TARGETS.items() if name.startswith(label)), None)
 
 
 def main() -> None:

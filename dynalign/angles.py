@@ -9,18 +9,20 @@ align closely (Kolen–Pollack, weight mirrors, BP itself) live there. Here the 
 
 with every sum in float64: |â − b̂| is formed from the differences themselves, so it keeps its
 relative accuracy however small it is (likewise |â + b̂| near 180°). On the CPU a compiled loop
-(numba) does it in two passes over the two tensors; other devices run tensor expressions in
-float64 and bring the sums to the host in one transfer.
+(numba) does it in two passes over the two tensors, on torch's threads for large tensors
+(``dynalign.kernels``); other devices run tensor expressions in float64 and bring the sums to
+the host in one transfer.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 
-from .weight_step import host_floats
+from .weight_step import PARALLEL_FROM, host_floats
 
 __all__ = ["angle", "angle_from_products", "gram_angle"]
 
@@ -60,6 +62,9 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _numba_angle(a: np.ndarray, b: np.ndarray) -> float:
     norms, same, sums = _compiled_kernels()
+    threads = torch.get_num_threads()
+    if threads > 1 and a.size >= PARALLEL_FROM:  # a large tensor: in blocks on torch's threads
+        norms, sums = _threaded_passes(threads)
     aa, bb = norms(a, b)
     if not (0 < aa < math.inf and 0 < bb < math.inf):
         return math.nan
@@ -67,6 +72,16 @@ def _numba_angle(a: np.ndarray, b: np.ndarray) -> float:
         return 0.0
     dd, ss = sums(a, b, 1.0 / math.sqrt(aa), 1.0 / math.sqrt(bb))
     return _from_sums(aa, bb, dd, ss)
+
+
+def _threaded_passes(threads: int):
+    """The two passes of ``dynalign.kernels`` on ``threads`` threads (numba imported here)."""
+    from . import kernels
+
+    return (
+        functools.partial(kernels.squared_norms, threads=threads),
+        functools.partial(kernels.normalised_sums, threads=threads),
+    )
 
 
 def _from_sums(aa: float, bb: float, dd: float, ss: float) -> float:

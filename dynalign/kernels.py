@@ -1,12 +1,12 @@
-"""The weight sweep of ``dynalign.weight_step`` as compiled loops (numba), on one thread or on
-torch's threads.
+"""Compiled loops (numba) of the probes on large tensors, on one thread or on torch's threads:
+the weight sweep of ``dynalign.weight_step`` and the two passes of ``dynalign.angles.angle``.
 
-The weights are cut into fixed blocks of ``BLOCK`` elements; each block writes one row of
+The vectors are cut into fixed blocks of ``BLOCK`` elements; each block writes one row of
 float64 partial sums, and the rows are added in block order, so the values do not depend on
 how many threads ran. On several threads the blocks are shared out a few at a time. Within a
-block the sign flips and zeros are counted in a loop of their own on the weights' own dtype
-(float32 compares, eight at a time), then the sums run in float64: counted together, the
-counts halved the speed of the sums. This module imports numba, so it is imported on first
+block of the sweep the sign flips and zeros are counted in a loop of their own on the weights'
+own dtype (float32 compares, eight at a time), then the sums run in float64: counted together,
+the counts halved the speed of the sums. This module imports numba, so it is imported on first
 use, off the CLI's start.
 
 reassoc lets the compiler vectorise the sums within a block; no other fast-math, so NaN
@@ -19,11 +19,11 @@ import numba
 import numpy as np
 from numba import prange
 
+from .weight_step import PARALLEL_FROM
+
 #: elements per block: large enough to stream at full speed, small enough that the blocks
 #: spread evenly over the threads; the counts of a block are exact in float32 (below 2²⁴)
 BLOCK = 16384
-#: elements from which the sweep runs on several threads (below, starting them costs more)
-PARALLEL_FROM = 1 << 18
 
 _jit = {"cache": True, "nogil": True, "fastmath": {"reassoc"}}
 
@@ -33,18 +33,39 @@ def blocks(n: int) -> int:
     return -(-n // BLOCK)
 
 
-def sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None, threads: int):
-    """|W|², |W − W_before|², sign flips, zeros, ⟨W, B⟩, |B|² (zeros without ``feedback``) on
-    up to ``threads`` threads."""
-    partial = np.empty((blocks(after.size), 6))
+def parallel(n: int, threads: int) -> bool:
+    """Whether ``n`` elements are worth running on ``threads`` threads."""
+    return threads > 1 and n >= PARALLEL_FROM
+
+
+def _run(kernels: tuple, n: int, width: int, threads: int, *arrays) -> np.ndarray:
+    """The (serial, parallel) pair ``kernels`` over the blocks of ``n`` elements, with
+    ``width`` partial sums per block; their totals, added in block order."""
+    partial = np.empty((blocks(n), width))
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
-    if threads < 2 or after.size < PARALLEL_FROM:
-        _sweep_serial(before, after, feedback, partial)
+    if not parallel(n, threads):
+        kernels[0](*arrays, partial)
     else:
         numba.set_num_threads(threads)
         with numba.parallel_chunksize(4):  # a few blocks at a time, not one half per thread
-            _sweep_parallel(before, after, feedback, partial)
+            kernels[1](*arrays, partial)
     return partial.sum(axis=0)
+
+
+def sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None, threads: int):
+    """|W|², |W − W_before|², sign flips, zeros, ⟨W, B⟩, |B|² (zeros without ``feedback``) on
+    up to ``threads`` threads."""
+    return _run((_sweep_serial, _sweep_parallel), after.size, 6, threads, before, after, feedback)
+
+
+def squared_norms(a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
+    """|a|² and |b|² in float64 (the first pass of ``angle``)."""
+    return _run((_norms_serial, _norms_parallel), a.size, 2, threads, a, b)
+
+
+def normalised_sums(a: np.ndarray, b: np.ndarray, ia: float, ib: float, threads: int):
+    """|â − b̂|² and |â + b̂|² with â = a·ia, b̂ = b·ib (the second pass of ``angle``)."""
+    return _run((_normalised_serial, _normalised_parallel), a.size, 2, threads, a, b, ia, ib)
 
 
 @numba.njit(inline="always", **_jit)
@@ -83,3 +104,52 @@ def _sweep_serial(before, after, feedback, partial) -> None:
 def _sweep_parallel(before, after, feedback, partial) -> None:
     for k in prange(partial.shape[0]):
         _sweep_block(before, after, feedback, partial, k)
+
+
+@numba.njit(inline="always", **_jit)
+def _norms_block(a, b, partial, k) -> None:
+    lo = k * BLOCK
+    hi = min(lo + BLOCK, a.size)
+    aa = bb = 0.0
+    for i in range(lo, hi):
+        x, y = np.float64(a[i]), np.float64(b[i])
+        aa += x * x
+        bb += y * y
+    partial[k, 0], partial[k, 1] = aa, bb
+
+
+@numba.njit(**_jit)
+def _norms_serial(a, b, partial) -> None:
+    for k in range(partial.shape[0]):
+        _norms_block(a, b, partial, k)
+
+
+@numba.njit(parallel=True, **_jit)
+def _norms_parallel(a, b, partial) -> None:
+    for k in prange(partial.shape[0]):
+        _norms_block(a, b, partial, k)
+
+
+@numba.njit(inline="always", **_jit)
+def _normalised_block(a, b, ia, ib, partial, k) -> None:
+    lo = k * BLOCK
+    hi = min(lo + BLOCK, a.size)
+    dd = ss = 0.0
+    for i in range(lo, hi):
+        x, y = np.float64(a[i]) * ia, np.float64(b[i]) * ib
+        d, s = x - y, x + y
+        dd += d * d
+        ss += s * s
+    partial[k, 0], partial[k, 1] = dd, ss
+
+
+@numba.njit(**_jit)
+def _normalised_serial(a, b, ia, ib, partial) -> None:
+    for k in range(partial.shape[0]):
+        _normalised_block(a, b, ia, ib, partial, k)
+
+
+@numba.njit(parallel=True, **_jit)
+def _normalised_parallel(a, b, ia, ib, partial) -> None:
+    for k in prange(partial.shape[0]):
+        _normalised_block(a, b, ia, ib, partial, k)

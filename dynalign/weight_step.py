@@ -59,6 +59,11 @@ def _sweepable(t: torch.Tensor, dtype: torch.dtype) -> bool:
     )
 
 
+#: elements from which the compiled loops run on torch's threads, when it has several (below,
+#: starting the threads costs more than they save)
+PARALLEL_FROM = 1 << 18
+
+
 def _cpu_sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None) -> tuple:
     """The compiled sweep, on torch's threads for a large layer."""
     from . import kernels  # imports numba: on first use, not at the CLI's start

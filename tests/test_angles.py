@@ -276,3 +276,40 @@ def test_gram_angle_special_cases():
     assert math.isnan(gram_angle(bad, bad.clone(), x))
     with pytest.raises(ValueError):
         gram_angle(d1, d1[:, :5], x)
+
+
+def _on_threads(threads: int, function, *args):
+    """``function(*args)`` with torch (and so the compiled loops) on ``threads`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return function(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("degrees", [0.01, 90.0, 179.9])
+def test_angle_on_several_threads_matches_exact_truth(degrees, dtype):
+    """A tensor large enough for the blocked passes on two threads, its size no multiple of a
+    block: the exact angle, and one thread's to the last few bits."""
+    from dynalign.kernels import BLOCK
+
+    a, b = vectors_at(degrees, N + BLOCK // 3, dtype, seed=3)
+    truth = true_angle(a, b)
+    threaded = _on_threads(2, angle, a, b)
+    assert rel_error(threaded, truth) < 1e-9
+    assert rel_error(threaded, _on_threads(1, angle, a, b)) < 1e-12
+
+
+def test_angle_on_several_threads_special_cases():
+    """Equal, opposite, zero and non-finite large tensors on two threads."""
+    a, _ = vectors_at(1.0, N + 5, torch.float32, seed=4)
+    assert _on_threads(2, angle, a, a.clone()) == 0.0
+    assert _on_threads(2, angle, a, -a) == 180.0
+    assert math.isnan(_on_threads(2, angle, a, torch.zeros_like(a)))
+    broken = a.clone()
+    broken[-1] = math.nan
+    assert math.isnan(_on_threads(2, angle, a, broken))
+    broken[-1] = math.inf
+    assert math.isnan(_on_threads(2, angle, broken, a))

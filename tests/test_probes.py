@@ -95,9 +95,9 @@ def test_weight_step_on_several_threads_equals_a_float64_computation(dtype):
     tiny flips, flips in the last, partial block, and a size that is no multiple of a block:
     the same values as a float64 computation, and the same as one thread's."""
     from dynalign import kernels
-    from dynalign.weight_step import weight_step
+    from dynalign.weight_step import PARALLEL_FROM, weight_step
 
-    n = kernels.PARALLEL_FROM + kernels.BLOCK // 3
+    n = PARALLEL_FROM + kernels.BLOCK // 3
     g = torch.Generator().manual_seed(7)
     before = torch.randn(n, generator=g, dtype=torch.float64)
     after = before + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
