@@ -577,7 +577,7 @@ def plot_learning_curves(
         for ax, var in zip(row, variables, strict=True):
             for a in chosen:
                 _draw_arm(ax, grouped, a, var, epochs)
-            ax.set_ylabel(var.replace("_", " "))
+            ax.set_ylabel(var.replace("_", " ") + (" (fraction)" if "accuracy" in var else ""))
             ax.grid(alpha=0.3)
         if title:
             row[0].set_title(title, loc="left", fontsize="medium")
@@ -585,6 +585,7 @@ def plot_learning_curves(
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.legend(*_legend_entries(axes), loc="outside right upper", fontsize="small", frameon=False)
+    fig.suptitle("Learning curves per arm: mean over its runs, 95% bootstrap CI", fontsize="medium")
     return fig
 
 
@@ -636,4 +637,6 @@ def plot_best_accuracy(result: xr.Dataset, by: Sequence[str] | str | None = None
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel("best validation accuracy (%)")
     ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Best validation accuracy per arm", fontsize="medium")
+    ax.set_ylabel("arm (runs)")
     return fig

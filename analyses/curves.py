@@ -11,12 +11,15 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .smoothing import epochs_group
+from .smoothing import epochs_group, run_name
 
 #: panels and the epoch series each shows: (ylabel, ((variable, legend label, line style), ...))
 PANELS = (
-    ("accuracy", (("train_accuracy", "train", "--"), ("val_accuracy", "validation", "-"))),
-    ("loss", (("train_loss", "train", "--"), ("val_loss", "validation", "-"))),
+    (
+        "accuracy (fraction)",
+        (("train_accuracy", "train", "--"), ("val_accuracy", "validation", "-")),
+    ),
+    ("loss (training objective)", (("train_loss", "train", "--"), ("val_loss", "validation", "-"))),
 )
 #: curves this short get markers: a line over two epochs hides where the points are
 FEW_EPOCHS = 12
@@ -55,4 +58,5 @@ def plot_run_curves(tree: xr.DataTree, color: str = "C0") -> Figure | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+    fig.suptitle(f"Learning curves per epoch — {run_name(tree)}", fontsize="medium")
     return fig

@@ -331,3 +331,18 @@ def test_comparison_figures_stay_legible_from_2_to_30_arms(n_rules, per_rule):
     # many arms: one row of panels per rule
     assert len(curves.axes) == 2 * (n_rules if n_arms >= compare.FACET_FROM else 1)
     assert len(dots.axes[0].get_yticklabels()) == n_arms
+
+
+def test_comparison_and_run_curve_figures_are_titled_and_labelled():
+    from test_alignment import check_figure
+
+    from dynalign.analyses.curves import plot_run_curves
+
+    runs = _two_arms(2)
+    result = compare.analyze(runs)
+    check_figure(compare.plot_learning_curves(result), units=("fraction", "epoch"))
+    check_figure(compare.plot_best_accuracy(result), units=("%",))
+    curves = plot_run_curves(runs[0])
+    assert "Learning curves" in curves.get_suptitle()
+    for ax in curves.axes:
+        assert ax.get_xlabel() == "epoch" and "(" in ax.get_ylabel()  # a unit or what it is
