@@ -16,13 +16,12 @@ the host in one transfer.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
-from .weight_step import PARALLEL_FROM, host_floats
+from .weight_step import host_floats
 
 __all__ = ["angle", "angle_from_products", "gram_angle"]
 
@@ -61,27 +60,18 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _numba_angle(a: np.ndarray, b: np.ndarray) -> float:
-    norms, same, sums = _compiled_kernels()
+    """The two passes of ``dynalign.kernels``, in blocks summed in a fixed order (on torch's
+    threads for a large tensor), so the angle does not depend on the thread count."""
+    from . import kernels  # imports numba: on first use, not at the CLI's start
+
     threads = torch.get_num_threads()
-    if threads > 1 and a.size >= PARALLEL_FROM:  # a large tensor: in blocks on torch's threads
-        norms, sums = _threaded_passes(threads)
-    aa, bb = norms(a, b)
+    aa, bb = kernels.squared_norms(a, b, threads)
     if not (0 < aa < math.inf and 0 < bb < math.inf):
         return math.nan
-    if aa == bb and same(a, b):  # equal norms: perhaps the same vector (BP)
+    if aa == bb and _compiled_same()(a, b):  # equal norms: perhaps the same vector (BP)
         return 0.0
-    dd, ss = sums(a, b, 1.0 / math.sqrt(aa), 1.0 / math.sqrt(bb))
+    dd, ss = kernels.normalised_sums(a, b, 1.0 / math.sqrt(aa), 1.0 / math.sqrt(bb), threads)
     return _from_sums(aa, bb, dd, ss)
-
-
-def _threaded_passes(threads: int):
-    """The two passes of ``dynalign.kernels`` on ``threads`` threads (numba imported here)."""
-    from . import kernels
-
-    return (
-        functools.partial(kernels.squared_norms, threads=threads),
-        functools.partial(kernels.normalised_sums, threads=threads),
-    )
 
 
 def _from_sums(aa: float, bb: float, dd: float, ss: float) -> float:
@@ -103,33 +93,17 @@ def _torch_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     return _from_sums(aa, bb, dd, ss)
 
 
-_KERNELS = None
+_SAME = None
 
 
-def _compiled_kernels():
-    """The three loops below compiled (once per process, cached on disk); numba imported here.
-
-    They are separate functions: compiled as one, the two summing loops ran half as fast.
-    """
-    global _KERNELS
-    if _KERNELS is None:
+def _compiled_same():
+    """``_same`` compiled (once per process, cached on disk); numba imported here."""
+    global _SAME
+    if _SAME is None:
         import numba
 
-        # reassoc lets the compiler vectorise the sums (several partial sums, no less
-        # accurate); no other fast-math, so NaN and infinity propagate and x·c − x·c is 0
-        jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-        _KERNELS = jit(_squared_norms), jit(_same), jit(_normalised_sums)
-    return _KERNELS
-
-
-def _squared_norms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Pass 1: |a|² and |b|² in float64 (squares of float32 values are exact there)."""
-    aa = bb = 0.0
-    for i in range(a.size):
-        x, y = np.float64(a[i]), np.float64(b[i])
-        aa += x * x
-        bb += y * y
-    return aa, bb
+        _SAME = numba.njit(cache=True, nogil=True)(_same)
+    return _SAME
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -142,17 +116,6 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
         if unequal:
             return False
     return True
-
-
-def _normalised_sums(a: np.ndarray, b: np.ndarray, ia: float, ib: float) -> tuple[float, float]:
-    """Pass 2: |â−b̂|² and |â+b̂|² in float64, with â = a·ia, b̂ = b·ib (ia = 1/|a|)."""
-    dd = ss = 0.0
-    for i in range(a.size):
-        x, y = np.float64(a[i]) * ia, np.float64(b[i]) * ib
-        d, s = x - y, x + y
-        dd += d * d
-        ss += s * s
-    return dd, ss
 
 
 def angle_from_products(ab: float, aa: float, bb: float) -> float:
