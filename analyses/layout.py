@@ -28,6 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
+from .smoothing import format_table
+
 #: characters per PDF line of prose (tables keep their width: the text shrinks to fit them)
 PDF_COLUMNS = 110
 #: resolution of the figures' PNGs, and the CSS pixels per figure inch they are shown at (a
@@ -312,19 +314,9 @@ class Writer:
 
 
 def _text_table(head: list[str], rows: Sequence[Sequence[str | Cell]], right: list[bool]):
-    """A table as monospace lines: columns padded, numbers right-aligned, a rule under the
-    header."""
-    texts = [head, *([_text(c) for c in row] for row in rows)]
-    widths = [max(len(r[j]) if j < len(r) else 0 for r in texts) for j in range(len(head))]
-    lines = []
-    for k, row in enumerate(texts):
-        cells = [
-            (c.rjust(w) if r else c.ljust(w)) for c, w, r in zip(row, widths, right, strict=False)
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
+    """A table as monospace lines (``format_table``), short rows padded with empty cells."""
+    texts = [[_text(c) for c in row] + [""] * (len(head) - len(row)) for row in rows]
+    return format_table(head, texts, right=right[: len(head)])
 
 
 # ----------------------------------------------------------------------------- PDF layout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,15 +202,20 @@ def layer_names(ds: xr.Dataset) -> list[str]:
 # ---------------------------------------------------------------------------- tables
 
 
-def format_table(head: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+def format_table(
+    head: list[str], rows: list[list[str]], left: int = 1, right: Sequence[bool] | None = None
+) -> list[str]:
     """Plain-text table lines: the first ``left`` columns left-aligned (labels), the rest
-    right-aligned (numbers), a rule under the header, widths fitted to the content."""
+    right-aligned (numbers), or per column where ``right`` says so; a rule under the header,
+    widths fitted to the content."""
+    if right is None:
+        right = [i >= left for i in range(len(head))]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     lines = []
     for k, row in enumerate([head, *rows]):
         cells = [
-            str(c).ljust(w) if i < left else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            str(c).rjust(w) if r else str(c).ljust(w)
+            for c, w, r in zip(row, widths, right, strict=True)
         ]
         lines.append("  ".join(cells).rstrip())
         if k == 0:
