@@ -9,7 +9,13 @@ A 3x512 ReLU MLP on 3072-dimensional inputs (CIFAR-10 sized), batch 100, SGD wit
       study's 10,000 images)
   (e) the same with probes every 10 steps
   (r) every other rule (DFA, sign symmetry, Kolen-Pollack, weight mirror, the head-only
-      control) without probes: what the rule itself costs (target <= 1.15 each)
+      control) without probes: what the rule itself costs (target <= 1.15 each); KP, which
+      needs a weight decay, against
+  (a, decay) plain torch with the same weight decay
+  (w) the weight mirror at 8 and 16 noise samples instead of 32 (no target: it shows the
+      trade-off: the mirror's two products per layer cost 4·samples·P flops for P weights,
+      training's forward and backward passes 6·batch·P, so 32 samples at batch 100 are 21%
+      of a step's arithmetic)
 and for the default ConvNet (3x3 conv 16 and 32 channels, each with ReLU and 2x2 max pool, a
 linear read-out) on 3x32x32 images, batch 100, as ratios to its own plain-torch twin:
   (conv a) plain torch.nn.Conv2d/Linear, backprop
@@ -47,6 +53,9 @@ from dynalign.trainer import Trainer
 
 N_IN, WIDTH, DEPTH, N_OUT, BATCH = 3072, 512, 3, 10, 100
 IMAGE, CHANNELS = (3, 32, 32), (16, 32)
+KP_DECAY = 1e-4  # Kolen-Pollack needs a weight decay; its row is measured against (a, decay)
+#: the weight mirror at fewer noise samples than its default 32 (rows without a target)
+MIRROR_SAMPLES = (8, 16)
 
 
 def synthetic(n: int, n_in: int | tuple[int, ...], seed: int = 0) -> Dataset:
@@ -78,10 +87,12 @@ def plain_convnet() -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * height * width, N_OUT))
 
 
-def plain_torch_stepper(data: Dataset, lr: float = 0.01, conv: bool = False):
+def plain_torch_stepper(
+    data: Dataset, lr: float = 0.01, conv: bool = False, weight_decay: float = 0.0
+):
     torch.manual_seed(0)
     model = plain_convnet() if conv else plain_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
 
     def step(x, y):
@@ -101,6 +112,7 @@ def dynalign_stepper(
     store: Path | None,
     width: int = WIDTH,
     conv: bool = False,
+    extra: dict | None = None,
 ):
     model_keys = (
         {"model.kind": "convnet", "model.channels": list(CHANNELS), "data.name": "cifar10"}
@@ -115,7 +127,8 @@ def dynalign_stepper(
             "probes.snapshot_every": 100,
             "probes.checkpoint_every": 100,
             # Kolen-Pollack needs a weight decay for B to converge to W
-            "train.weight_decay": 1e-4 if rule == "kp" else 0.0,
+            "train.weight_decay": KP_DECAY if rule == "kp" else 0.0,
+            **(extra or {}),
         }
     )
     torch.manual_seed(0)
@@ -146,6 +159,20 @@ def dynalign_stepper(
     return step, writer
 
 
+#: the plain torch rows each dynalign row is measured against
+PLAIN = "(a) torch nn.Linear, BP"
+PLAIN_DECAY = f"(a, decay) the same, weight decay {KP_DECAY:g}"
+PLAIN_CONV = "(conv a) torch nn.Conv2d, BP"
+
+
+def reference(name: str) -> str:
+    """The plain torch row with the same layers and optimiser settings as row ``name``: a
+    rule's row measures what the rule costs, not what its required weight decay costs."""
+    if "conv" in name:
+        return PLAIN_CONV
+    return PLAIN_DECAY if name.startswith("(r) dynalign kp") else PLAIN
+
+
 def time_steps(step, batches, n: int) -> float:
     start = time.perf_counter()
     for i in range(n):
@@ -165,7 +192,7 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
     data = synthetic(BATCH * 10, N_IN)
     batches = batches_of(data)
     tmp = Path(tempfile.mkdtemp(prefix="dynalign-bench-"))
-    variants = {"(a) torch nn.Linear, BP": plain_torch_stepper(data)}
+    variants = {PLAIN: plain_torch_stepper(data)}
     variants["(b) dynalign BP, no probes"] = dynalign_stepper(data, "bp", 0, None)[0]
     variants["(c) dynalign FA, no probes"] = dynalign_stepper(data, "fa", 0, None)[0]
     variants["(d) FA, all probes every step + store"] = dynalign_stepper(
@@ -177,15 +204,20 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
     if rules:
         from dynalign.registry import RULES
 
+        variants[PLAIN_DECAY] = plain_torch_stepper(data, weight_decay=KP_DECAY)
         for name in RULES.names():
             if name not in ("bp", "fa"):
                 variants[f"(r) dynalign {name}, no probes"] = dynalign_stepper(data, name, 0, None)[
                     0
                 ]
+        for samples in MIRROR_SAMPLES:  # the weight mirror's cost is its noise samples'
+            variants[f"(w) wm with {samples} noise samples"] = dynalign_stepper(
+                data, "wm", 0, None, extra={"rule.mirror_samples": samples}
+            )[0]
     inputs = {name: batches for name in variants}
     if conv:
         images = synthetic(BATCH * 10, IMAGE)
-        variants["(conv a) torch nn.Conv2d, BP"] = plain_torch_stepper(images, conv=True)
+        variants[PLAIN_CONV] = plain_torch_stepper(images, conv=True)
         variants["(conv d) FA, all probes every step + store"] = dynalign_stepper(
             images, "fa", 1, tmp / "conv-d.zarr", conv=True
         )[0]
@@ -199,13 +231,12 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
     print(
         f"step time, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
         f"{torch.get_num_threads()} thread(s), {rounds} interleaved rounds x {steps} steps; "
-        "ratios to (a), or (conv a), from the medians and from the fastest rounds (least "
+        "ratios to the plain torch row with the same layers and optimiser settings ((a), "
+        "(a, decay) or (conv a)), from the medians and from the fastest rounds (least "
         "disturbed by others)"
     )
     for name, values in samples.items():
-        ref = samples[
-            "(conv a) torch nn.Conv2d, BP" if "conv" in name else "(a) torch nn.Linear, BP"
-        ]
+        ref = samples[reference(name)]
         med, best = statistics.median(values), min(values)
         ratio = med / statistics.median(ref)
         goal = target(name, torch.get_num_threads())

@@ -3,11 +3,14 @@ with the same weight decay, so their difference shrinks and B converges to W.
 
 B is trained as W is, by the same optimiser step on the same gradient G, with its own weight
 decay: SGD's ΔB = -lr·v_B, v_B ← m·v_B + G + weight_decay·B. Only the difference D = B - W
-has to be kept (with its momentum v_D = v_B - v_W, buffers that checkpoints hold), since the
-G terms cancel: v_D ← m·v_D + weight_decay·D, D ← D - lr·v_D, then B = W + D. Without
-momentum D shrinks by (1 - lr·weight_decay) a step; with momentum m about 1/(1 - m) times
-faster, as W's own decay does. Under Adam, whose per-weight scaling does not let the gradient
-terms cancel, D decays by (1 - lr·weight_decay) a step. A sign constraint clips W, not B.
+matters, since the G terms cancel: v_D ← m·v_D + weight_decay·D, D ← D - lr·v_D, then
+B = W + D. That recursion has the same two scalar coefficients for every weight, so from
+v_D = 0 it keeps D = α·D₀ and v_D = β·D₀: the rule keeps D₀ (B - W at the start) and the two
+numbers (α, β) in float64 buffers that checkpoints hold, and a step is one pass,
+B = W + α·D₀. Without momentum α shrinks by (1 - lr·weight_decay) a step; with momentum m
+about 1/(1 - m) times faster, as W's own decay does. Under Adam, whose per-weight scaling does
+not let the gradient terms cancel, α shrinks by (1 - lr·weight_decay) a step. A sign
+constraint clips W, not B.
 """
 
 from __future__ import annotations
@@ -38,14 +41,15 @@ class KolenPollack(FeedbackAlignment):
     ) -> None:
         super().attach(model, generator, input_shape)  # B starts as FA's random B
         for layer in feedback_layers(model).values():
-            offset = layer.feedback - layer.weight.detach()
-            layer.register_buffer("feedback_offset", offset)
-            layer.register_buffer("feedback_offset_momentum", torch.zeros_like(offset))
+            layer.register_buffer("feedback_offset_start", layer.feedback - layer.weight.detach())
+            scale = torch.tensor([1.0, 0.0], dtype=torch.float64)  # α, β: float64 at any W dtype
+            layer.register_buffer("feedback_offset_scale", scale)
 
     @torch.no_grad()
     def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
         for layer in layers.values():
-            torch.add(layer.weight, layer.feedback_offset, out=layer.feedback)
+            alpha = float(layer.feedback_offset_scale[0])
+            torch.add(layer.weight, layer.feedback_offset_start, alpha=alpha, out=layer.feedback)
 
     @torch.no_grad()
     def after_step(self, layers, optimizer) -> None:
@@ -53,47 +57,16 @@ class KolenPollack(FeedbackAlignment):
             group = param_group(optimizer, layer.weight)
             lr, decay = group["lr"], group.get("weight_decay", 0.0)
             momentum = group.get("momentum", 0.0)  # SGD's; Adam has betas instead
-            tensors = (
-                layer.feedback_offset,
-                layer.feedback_offset_momentum,
-                layer.weight.detach(),
-                layer.feedback,
-            )
-            if all(t.device.type == "cpu" and t.is_contiguous() for t in tensors):
-                arrays = [t.reshape(-1).numpy() for t in tensors]
-                _compiled_step()(*arrays, lr, decay, momentum)
-                continue
-            offset, velocity, weight, feedback = tensors
+            alpha, beta = layer.feedback_offset_scale.tolist()
             if momentum:
-                velocity.mul_(momentum).add_(offset, alpha=decay)
-                offset.sub_(velocity, alpha=lr)
+                beta = momentum * beta + decay * alpha
+                alpha = alpha - lr * beta
             else:
-                offset.mul_(1.0 - lr * decay)
-            torch.add(weight, offset, out=feedback)
+                alpha = alpha * (1.0 - lr * decay)
+            layer.feedback_offset_scale.copy_(torch.tensor([alpha, beta], dtype=torch.float64))
+        self.refresh(layers)
 
 
-def _step(offset, velocity, weight, feedback, lr, decay, momentum) -> None:
-    """One pass over D, its momentum, W and B (the tensor expressions take four)."""
-    for i in range(offset.size):
-        d = offset[i]
-        if momentum != 0.0:
-            v = momentum * velocity[i] + decay * d
-            velocity[i] = v
-            d = d - lr * v
-        else:
-            d = d * (1.0 - lr * decay)
-        offset[i] = d
-        feedback[i] = weight[i] + d
-
-
-_STEP = None
-
-
-def _compiled_step():
-    """``_step`` compiled (once per process, cached on disk); numba is imported on first use."""
-    global _STEP
-    if _STEP is None:
-        import numba
-
-        _STEP = numba.njit(cache=True, nogil=True)(_step)
-    return _STEP
+def offset(layer: FeedbackLayer) -> torch.Tensor:
+    """D = B - W as the rule holds it, α·D₀."""
+    return layer.feedback_offset_start * float(layer.feedback_offset_scale[0])

@@ -1,0 +1,132 @@
+"""Sign-concordant B in one pass: the compiled loops against torch's two-pass and integer
+paths, brsf's hash against its definition in plain Python ints, and the hashed numbers'
+distribution against U(0, 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from dynalign.sign_concordant import hashed_uniform, signed_, signed_uniform_
+from dynalign.weight_step import PARALLEL_FROM
+
+
+def _python_hash(i: int, ka: int, kb: int) -> float:
+    """The hash in arbitrary-precision ints, masked by hand: the definition, independently."""
+
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) % 2**32
+        x ^= x >> 15
+        x = (x * 0x846CA68B) % 2**32
+        return x ^ (x >> 16)
+
+    return (mix(mix((i + ka) % 2**32) ^ kb) >> 8) / 2**24
+
+
+def test_torch_path_is_the_hash_as_defined():
+    ka, kb = 0xFFFFFFF0, 0x12345678  # i + ka wraps past 2³² within the first 16 elements
+    u = hashed_uniform(40, ka, kb)
+    assert u.tolist() == [_python_hash(i, ka, kb) for i in range(40)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_loop_equals_torch_path(dtype, threads):
+    """Bit for bit, serial and on threads (the tensor is large enough to run in parallel)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(PARALLEL_FROM + 1234, generator=g, dtype=dtype)
+        w[::97] = 0
+        out = torch.empty_like(w)
+        signed_uniform_(out, w, (7, 2**32 + 9), 0.3)  # keys are taken mod 2³²
+        expected = hashed_uniform(w.numel(), 7, 9).to(dtype) * 0.3 * torch.sign(w)
+        assert torch.equal(out, expected)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", ["constant", "tensor"])
+def test_fixed_magnitudes_equal_torchs_two_passes(kind, dtype, threads):
+    """usf's one number and frsf's tensor: sign(W)·m bit for bit, zeros and NaN carried over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(1)
+        w = torch.randn(PARALLEL_FROM + 77, generator=g, dtype=dtype)
+        w[::50] = 0
+        w[3] = float("nan")
+        m = 0.37 if kind == "constant" else torch.rand(w.shape, generator=g, dtype=dtype)
+        out = torch.empty_like(w)
+        signed_(out, w, m)
+        assert torch.equal(out[4:], (torch.sign(w) * m)[4:])
+        assert out[3].isnan() and out[0] == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_signs_and_bounds_and_the_uncompiled_path():
+    """B takes W's sign (0 where W is 0), |B| < bound; a non-contiguous B goes through torch's
+    path and gets the same numbers."""
+    w = torch.randn(300, 200, dtype=torch.float32)
+    w[w.abs() < 0.1] = 0
+    contiguous = torch.empty_like(w)
+    signed_uniform_(contiguous, w, (1, 2), 0.5)
+    assert torch.equal(torch.sign(contiguous), torch.sign(w))
+    assert contiguous.abs().max() < 0.5
+    strided = torch.empty(200, 300).t()
+    signed_uniform_(strided, w, (1, 2), 0.5)
+    assert torch.equal(strided, contiguous)
+    signed_(strided, w, 0.25)
+    assert torch.equal(strided, torch.sign(w) * 0.25)
+
+
+def test_numbers_are_uniform_and_independent():
+    """Kolmogorov-Smirnov against U(0, 1); neighbours within a draw, and the same element in
+    draws whose keys differ by one, uncorrelated; pairs of neighbours fill the unit square
+    evenly (χ² over 16×16 cells)."""
+    n = 1 << 20
+    a = hashed_uniform(n, 1000, 77).numpy()
+    b = hashed_uniform(n, 1001, 78).numpy()
+    assert stats.kstest(a, "uniform").pvalue > 1e-3
+    assert abs(a.mean() - 0.5) < 6 * (1 / 12 / n) ** 0.5
+    for x, y in ((a[:-1], a[1:]), (a, b)):
+        assert abs(np.corrcoef(x, y)[0, 1]) < 4 / n**0.5
+    cells = np.histogram2d(a[0::2], a[1::2], bins=16, range=[[0, 1], [0, 1]])[0]
+    assert stats.chisquare(cells.ravel()).pvalue > 1e-3
+
+
+def test_second_key_keeps_shifted_first_keys_apart():
+    """With one round, keys d apart would give copies of each other shifted by d elements."""
+    d = 5
+    a = hashed_uniform(1000, 100, 3)
+    b = hashed_uniform(1000, 100 + d, 4)
+    assert (a[d:] == b[:-d]).float().mean() < 0.01
+    same_second_key = hashed_uniform(1000, 100 + d, 3)
+    assert torch.equal(a[d:], same_second_key[:-d])  # what the second key is there to break
+
+
+def test_bad_output_is_refused():
+    w = torch.randn(4, 5)
+    with pytest.raises(ValueError, match="shape and dtype"):
+        signed_uniform_(torch.empty(5, 4), w, (1, 2), 1.0)
+    with pytest.raises(ValueError, match="shape and dtype"):
+        signed_uniform_(torch.empty(4, 5, dtype=torch.float64), w, (1, 2), 1.0)
+    with pytest.raises(ValueError, match="shape and dtype"):
+        signed_(torch.empty(5, 4), w, 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_draws_equal_cpu_draws():
+    w = torch.randn(1000, 300)
+    cpu = torch.empty_like(w)
+    signed_uniform_(cpu, w, (11, 12), 0.2)
+    gpu = torch.empty_like(w, device="cuda")
+    signed_uniform_(gpu, w.cuda(), (11, 12), 0.2)
+    assert torch.equal(gpu.cpu(), cpu)
