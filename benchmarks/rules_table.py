@@ -7,6 +7,7 @@ command again reuses its finished runs, and ``dynalign report DIR`` draws its cu
 
     python benchmarks/rules_table.py --data digits --out runs/rules-digits
     python benchmarks/rules_table.py --data fashion-mnist --out runs/rules-fmnist   # 10k / 1k
+    python benchmarks/rules_table.py --rules brsf kp --out runs/rules-some          # a subset
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ WEIGHT_DECAY = 1e-3
 LAST = 0.1
 
 
-def spec_text(data: str, seeds: int) -> str:
+def spec_text(data: str, seeds: int, rules: list[str]) -> str:
     lines = ['base = "fc3-bp"', f"n_seeds = {seeds}", ""]
     sections = {
         **SETTINGS[data],
@@ -47,7 +48,7 @@ def spec_text(data: str, seeds: int) -> str:
         lines.append(f"[{section}]")
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
         lines.append("")
-    for rule in RULES.names():
+    for rule in rules:
         lines += ["[[arms]]", f'name = "{rule}"', f'"rule.name" = "{rule}"', ""]
     return "\n".join(lines)
 
@@ -90,8 +91,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", required=True, help="the study's directory")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--rules", nargs="+", choices=RULES.names(), default=RULES.names(), help="default: all"
+    )
     args = parser.parse_args()
-    spec = parse_spec(spec_text(args.data, args.seeds), name=f"rules-{args.data}")
+    spec = parse_spec(spec_text(args.data, args.seeds, args.rules), name=f"rules-{args.data}")
     run_study(spec, args.out, workers=args.workers)
     print(table(args.out))
 

@@ -10,6 +10,7 @@ the disk does not have.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from zarr.storage import LocalStore
@@ -20,21 +21,30 @@ class DurableStore(LocalStore):
 
     def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
         super().__init__(root, read_only=read_only)
-        self._written: set[str] = set()  # keys; set.add and set.pop are atomic across threads
+        self._written: set[str] = set()  # keys written since their last sync
+        self._lock = threading.Lock()  # training and the I/O thread both write and sync
 
     async def set(self, key, value) -> None:
         await super().set(key, value)
-        self._written.add(key)
+        self._remember(key)
 
     async def set_if_not_exists(self, key, value) -> None:
         await super().set_if_not_exists(key, value)
-        self._written.add(key)
+        self._remember(key)
 
-    def sync(self) -> None:
-        """fsync every file written since the last call, then the folders that hold them."""
+    def _remember(self, key: str) -> None:
+        with self._lock:
+            self._written.add(key)
+
+    def sync(self, prefix: str = "") -> None:
+        """fsync every file written since the last call (those whose key starts with
+        ``prefix``: what one thread wrote), then the folders that hold them."""
+        with self._lock:
+            keys = {k for k in self._written if k.startswith(prefix)}
+            self._written -= keys
         folders = set()
-        while self._written:
-            path = self.root / self._written.pop()
+        for key in keys:
+            path = self.root / key
             _fsync(path)
             folders.add(path.parent)
         for folder in folders:

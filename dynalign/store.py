@@ -20,6 +20,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +54,14 @@ ARRAY_CONFIG = {"write_empty_chunks": True}
 
 class StoreError(ValueError):
     """A path that is not (or no longer) a readable dynalign run store."""
+
+
+def write_failure(path: Path, err: OSError) -> str:
+    """What a failed write (a full disk, a file-size limit) means for the run at ``path``."""
+    return (
+        f"writing {path} failed ({err.strerror or err}); the store keeps every step up to its "
+        "last commit: free disk space and `dynalign record --resume` it"
+    )
 
 
 def _fill(dtype: str) -> Any:
@@ -237,6 +246,7 @@ class RunWriter:
         self.commit_seconds = commit_seconds
         self._io: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self._background: tuple[Future, dict[str, Any]] | None = None
         self._last_commit = time.monotonic()
         if _reopen is not None:
             self.lock, self.root, committed = _reopen
@@ -413,9 +423,39 @@ class RunWriter:
             app.buffers["weight"][i] = weights[name]
             if feedback and "feedback" in app.buffers:
                 app.buffers["feedback"][i] = feedback[name]
+        self._pending = self._io_thread().submit(self._flush_snapshots)
+
+    def _io_thread(self) -> ThreadPoolExecutor:
+        """The one thread that writes snapshots and checkpoints behind training."""
         if self._io is None:
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-snapshot")
-        self._pending = self._io.submit(self._flush_snapshots)
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-io")
+        return self._io
+
+    def write_behind(self, job: Callable[[], None], attrs: dict[str, Any]) -> None:
+        """Run ``job`` (writes that commit ``attrs`` names, fsynced by the job itself) on the
+        I/O thread while training goes on; the first commit after it has finished carries
+        ``attrs``. One at a time: an earlier one is finished and committed first. A kill
+        before that commit leaves the store as the previous commit described it."""
+        self.settle()
+        self._background = (self._io_thread().submit(job), attrs)
+
+    def settle(self) -> None:
+        """Wait for the ``write_behind`` job, if any, and commit what it wrote."""
+        attrs = self.finish_behind()
+        if attrs:
+            self.commit(**attrs)
+
+    def finish_behind(self, wait: bool = True) -> dict[str, Any]:
+        """The attributes of the finished ``write_behind`` job, waiting for it when ``wait``
+        ({} if there is none, or it is still running); its error, if any, is raised here."""
+        if self._background is None:
+            return {}
+        future, attrs = self._background
+        if not wait and not future.done():
+            return {}
+        self._background = None
+        future.result()
+        return attrs
 
     def _flush_snapshots(self) -> None:
         for app in self.snapshots.values():
@@ -484,6 +524,7 @@ class RunWriter:
         once per key, so a kill (or full disk) between could keep half a commit.
         """
         lengths = self.committed_lengths()
+        attrs = {**self.finish_behind(wait=False), **attrs}
         self.store.sync()  # the rows reach the disk before the lengths that point at them
         self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
         self.store.sync()
@@ -491,10 +532,12 @@ class RunWriter:
         return lengths
 
     def commit_if_due(self, seconds: float | None = None) -> None:
-        """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last:
-        bounds what a hard kill can lose, and how often every written file is fsynced."""
+        """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last,
+        or once a ``write_behind`` job has finished: bounds what a hard kill can lose, and how
+        often every written file is fsynced."""
         wait = self.commit_seconds if seconds is None else seconds
-        if time.monotonic() - self._last_commit >= wait:
+        behind = self._background is not None and self._background[0].done()
+        if behind or time.monotonic() - self._last_commit >= wait:
             self.commit()
 
     def close(self, status: str, message: str = "", **attrs: Any) -> None:
@@ -502,10 +545,15 @@ class RunWriter:
         failed snapshot write makes it ``failed`` (and is raised once the store is consistent)."""
         assert status in STATUSES, status
         error = None
+        behind: dict[str, Any] = {}
         try:
             self._finish_snapshot()
+            behind = self.finish_behind()
         except StoreError as err:
             error, status, message = err, "failed", str(err)
+        except OSError as err:  # a checkpoint written behind: the previous one stands
+            error = StoreError(write_failure(self.path, err))
+            status, message = "failed", str(error)
         finally:
             if self._io is not None:
                 self._io.shutdown()
@@ -514,14 +562,11 @@ class RunWriter:
         try:
             # a finished run is never resumed: its checkpoint goes (a 3x512 MLP's is 15 MB)
             dropped = {"checkpoint": None} if finished else {}
-            self.commit(status=status, message=message, **attrs, **dropped)
+            self.commit(**{**behind, "status": status, "message": message, **attrs, **dropped})
             if finished:
                 shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         except OSError as err:  # disk full: the last commit still stands, and says so
-            error = error or StoreError(
-                f"writing to {self.path} failed ({err.strerror or err}); the store keeps every "
-                "step up to its last commit: free disk space and `dynalign record --resume` it"
-            )
+            error = error or StoreError(write_failure(self.path, err))
             with contextlib.suppress(OSError):
                 self.root.update_attributes({"status": "failed", "message": str(error)})
         finally:
