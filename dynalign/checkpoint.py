@@ -6,8 +6,8 @@ order go into ``checkpoint/<slot>`` as arrays: no pickle, so opening a store nev
 anything. Counters go with the ``checkpoint`` root attribute. There are two slots, written in
 turn, from copies, on the store's I/O thread while training goes on (a 3×512 net's 25 MB took
 a quarter of a second of every hundred steps in the foreground). The attribute names the
-complete one: the first commit after the slot is on the disk writes it, atomically with the
-row counts it belongs to, so a kill while a checkpoint is written leaves the previous one whole.
+complete one: the I/O thread commits it once the slot is on the disk, atomically with the row
+counts it belongs to, so a kill while a checkpoint is written leaves the previous one whole.
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ def restore(
 
 
 def save(writer: RunWriter, arrays: dict[str, np.ndarray], counters: dict[str, Any]) -> None:
-    """Write a checkpoint into the free slot behind training; the first commit after it is
-    on the disk names it, with the rows it belongs to (flushed here). ``arrays`` must be the
-    writer's own (``capture`` copies them): training goes on changing the model's."""
-    writer.settle()  # the one being written, if any, is committed before its slot is reused
+    """Write a checkpoint behind training into the slot the last one does not use, then
+    commit it there (on the I/O thread) with the rows it belongs to, flushed here.
+    ``arrays`` must be the writer's own (``capture`` copies them): training goes on."""
+    writer.finish_behind()  # the one before is written and committed: its slot is known
     lengths = writer.committed_lengths(wait_for_snapshot=True)
     last = writer.root.attrs.get("checkpoint")
     slot = "b" if isinstance(last, dict) and last.get("slot") == "a" else "a"
@@ -87,9 +87,9 @@ def save(writer: RunWriter, arrays: dict[str, np.ndarray], counters: dict[str, A
     def write() -> None:
         for name, value in arrays.items():
             _put(group, name, value)
-        writer.store.sync(prefix=f"checkpoint/{slot}/")
+        writer.commit_behind(lengths, {"checkpoint": info})
 
-    writer.write_behind(write, {"checkpoint": info})
+    writer.write_behind(write)
 
 
 def _put(group: zarr.Group, name: str, value: np.ndarray) -> None:

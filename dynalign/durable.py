@@ -36,12 +36,10 @@ class DurableStore(LocalStore):
         with self._lock:
             self._written.add(key)
 
-    def sync(self, prefix: str = "") -> None:
-        """fsync every file written since the last call (those whose key starts with
-        ``prefix``: what one thread wrote), then the folders that hold them."""
+    def sync(self) -> None:
+        """fsync every file written since the last call, then the folders that hold them."""
         with self._lock:
-            keys = {k for k in self._written if k.startswith(prefix)}
-            self._written -= keys
+            keys, self._written = self._written, set()
         folders = set()
         for key in keys:
             path = self.root / key

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -246,7 +247,9 @@ class RunWriter:
         self.commit_seconds = commit_seconds
         self._io: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
-        self._background: tuple[Future, dict[str, Any]] | None = None
+        self._background: Future | None = None
+        self._commit_lock = threading.Lock()  # the training and I/O threads both commit
+        self._committed: dict[str, int] = {}
         self._last_commit = time.monotonic()
         if _reopen is not None:
             self.lock, self.root, committed = _reopen
@@ -373,6 +376,7 @@ class RunWriter:
 
     def _open_existing(self, committed: dict[str, int]) -> None:
         # first the committed lengths shrink, then the arrays: readers never see a short array
+        self._committed = dict(committed)
         self.root.update_attributes(
             {
                 "committed": committed,
@@ -431,31 +435,18 @@ class RunWriter:
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-io")
         return self._io
 
-    def write_behind(self, job: Callable[[], None], attrs: dict[str, Any]) -> None:
-        """Run ``job`` (writes that commit ``attrs`` names, fsynced by the job itself) on the
-        I/O thread while training goes on; the first commit after it has finished carries
-        ``attrs``. One at a time: an earlier one is finished and committed first. A kill
-        before that commit leaves the store as the previous commit described it."""
-        self.settle()
-        self._background = (self._io_thread().submit(job), attrs)
+    def write_behind(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (writes, then their ``commit_behind``) on the I/O thread while training
+        goes on; one at a time: an earlier job is finished first. A kill before the job's
+        commit leaves the store as the previous commit described it."""
+        self.finish_behind()
+        self._background = self._io_thread().submit(job)
 
-    def settle(self) -> None:
-        """Wait for the ``write_behind`` job, if any, and commit what it wrote."""
-        attrs = self.finish_behind()
-        if attrs:
-            self.commit(**attrs)
-
-    def finish_behind(self, wait: bool = True) -> dict[str, Any]:
-        """The attributes of the finished ``write_behind`` job, waiting for it when ``wait``
-        ({} if there is none, or it is still running); its error, if any, is raised here."""
-        if self._background is None:
-            return {}
-        future, attrs = self._background
-        if not wait and not future.done():
-            return {}
-        self._background = None
-        future.result()
-        return attrs
+    def finish_behind(self) -> None:
+        """Wait for the ``write_behind`` job, if any; its error, if any, is raised here."""
+        pending, self._background = self._background, None
+        if pending is not None:
+            pending.result()
 
     def _flush_snapshots(self) -> None:
         for app in self.snapshots.values():
@@ -524,20 +515,29 @@ class RunWriter:
         once per key, so a kill (or full disk) between could keep half a commit.
         """
         lengths = self.committed_lengths()
-        attrs = {**self.finish_behind(wait=False), **attrs}
-        self.store.sync()  # the rows reach the disk before the lengths that point at them
-        self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
-        self.store.sync()
-        self._last_commit = time.monotonic()
+        with self._commit_lock:
+            self.store.sync()  # the rows reach the disk before the lengths that point at them
+            self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
+            self.store.sync()
+            self._committed, self._last_commit = lengths, time.monotonic()
         return lengths
 
+    def commit_behind(self, lengths: dict[str, int], attrs: dict[str, Any]) -> None:
+        """A commit from the I/O thread: ``attrs`` (a checkpoint it wrote) with the rows
+        ``lengths`` counts, flushed by the training thread before. Commits take turns, and
+        the committed lengths never go back (training may have committed more since)."""
+        with self._commit_lock:
+            committed = {k: max(v, self._committed.get(k, 0)) for k, v in lengths.items()}
+            self.store.sync()
+            self.root.update_attributes({"committed": committed, **attrs})
+            self.store.sync()
+            self._committed, self._last_commit = committed, time.monotonic()
+
     def commit_if_due(self, seconds: float | None = None) -> None:
-        """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last,
-        or once a ``write_behind`` job has finished: bounds what a hard kill can lose, and how
-        often every written file is fsynced."""
+        """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last:
+        bounds what a hard kill can lose, and how often every written file is fsynced."""
         wait = self.commit_seconds if seconds is None else seconds
-        behind = self._background is not None and self._background[0].done()
-        if behind or time.monotonic() - self._last_commit >= wait:
+        if time.monotonic() - self._last_commit >= wait:
             self.commit()
 
     def close(self, status: str, message: str = "", **attrs: Any) -> None:
@@ -545,10 +545,9 @@ class RunWriter:
         failed snapshot write makes it ``failed`` (and is raised once the store is consistent)."""
         assert status in STATUSES, status
         error = None
-        behind: dict[str, Any] = {}
         try:
             self._finish_snapshot()
-            behind = self.finish_behind()
+            self.finish_behind()
         except StoreError as err:
             error, status, message = err, "failed", str(err)
         except OSError as err:  # a checkpoint written behind: the previous one stands
@@ -562,7 +561,7 @@ class RunWriter:
         try:
             # a finished run is never resumed: its checkpoint goes (a 3x512 MLP's is 15 MB)
             dropped = {"checkpoint": None} if finished else {}
-            self.commit(**{**behind, "status": status, "message": message, **attrs, **dropped})
+            self.commit(status=status, message=message, **attrs, **dropped)
             if finished:
                 shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         except OSError as err:  # disk full: the last commit still stands, and says so
