@@ -21,9 +21,8 @@ linear read-out) on 3x32x32 images, batch 100, as ratios to its own plain-torch 
   (conv a) plain torch.nn.Conv2d/Linear, backprop
   (conv d) dynalign FA, every probe on every step, store written as in (d)
 Variants are timed in interleaved rounds and each reports its median time per step, so a
-machine that is busy for a while slows all of them alike. A checkpoint of this net (the
-training thread's copies, and the writing and commit behind training) and one commit are
-timed on their own. Peak memory (max RSS of a fresh process) is then
+machine that is busy for a while slows all of them alike. The cost of one checkpoint and of
+one commit of this net is timed on its own. Peak memory (max RSS of a fresh process) is then
 measured for runs that record 2,000 and 20,000 steps with every probe.
 
     python benchmarks/step_time.py [--steps 40] [--rounds 11] [--threads 1] [--skip-memory]
@@ -251,22 +250,19 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
             f"   fastest {best * 1e3:8.2f} ms   ratio {best / min(ref):5.2f}{verdict}"
         )
     trainer = variants["(d) FA, all probes every step + store"].trainer
-    writer = trainer.writer
     costs = {
-        "checkpoint: the training thread's copies": lambda: trainer.checkpoint(False),
-        "checkpoint: written and committed behind": writer.finish_behind,
-        "commit of 10 new steps (rows flushed, fsync'd)": writer.commit,
+        "checkpoint (weights, B, momentum, generators)": lambda: trainer.checkpoint(False),
+        "commit of 10 new steps (rows flushed, fsync'd)": trainer.writer.commit,
     }
-    times: dict[str, list[float]] = {name: [] for name in costs}
-    for _ in range(rounds):
-        for x, y in batches:  # ten steps first, so that there is something to write
-            trainer.train_batch(x, y)
-        for name, action in costs.items():  # in this order: the second waits for the first
+    for name, action in costs.items():
+        times = []
+        for _ in range(rounds):
+            for x, y in batches:  # ten steps first, so that there is something to write
+                trainer.train_batch(x, y)
             start = time.perf_counter()
             action()
-            times[name].append(time.perf_counter() - start)
-    for name, values in times.items():
-        med = statistics.median(values)
+            times.append(time.perf_counter() - start)
+        med = statistics.median(times)
         print(f"  one {name:<46} {med * 1e3:8.2f} ms  (median of {rounds})")
 
 

@@ -4,10 +4,8 @@ Model parameters and buffers (feedback tensors, batch-norm statistics, unit sign
 state, every random generator (torch's, numpy's, the shuffle order's) and the current epoch's
 order go into ``checkpoint/<slot>`` as arrays: no pickle, so opening a store never executes
 anything. Counters go with the ``checkpoint`` root attribute. There are two slots, written in
-turn, from copies, on the store's I/O thread while training goes on (a 3×512 net's 25 MB took
-a quarter of a second of every hundred steps in the foreground). The attribute names the
-complete one: the I/O thread commits it once the slot is on the disk, atomically with the row
-counts it belongs to, so a kill while a checkpoint is written leaves the previous one whole.
+turn; the attribute names the complete one and is written in the same atomic commit as the
+row counts it belongs to, so a kill while a checkpoint is written leaves the previous one whole.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ def capture(
     generators: dict[str, torch.Generator],
     order: torch.Tensor | None,
 ) -> dict[str, np.ndarray]:
-    """The training state as named host arrays: copies, since they are written while
-    training goes on."""
+    """The training state as named host arrays (written at once, before training goes on)."""
     arrays = {f"model.{k}": _host(t) for k, t in model.state_dict().items()}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
@@ -74,22 +71,15 @@ def restore(
 
 
 def save(writer: RunWriter, arrays: dict[str, np.ndarray], counters: dict[str, Any]) -> None:
-    """Write a checkpoint behind training into the slot the last one does not use, then
-    commit it there (on the I/O thread) with the rows it belongs to, flushed here.
-    ``arrays`` must be the writer's own (``capture`` copies them): training goes on."""
-    writer.finish_behind()  # the one before is written and committed: its slot is known
+    """Write a checkpoint into the free slot, then commit it with the rows it belongs to."""
     lengths = writer.committed_lengths(wait_for_snapshot=True)
-    last = writer.root.attrs.get("checkpoint")
-    slot = "b" if isinstance(last, dict) and last.get("slot") == "a" else "a"
+    previous = writer.root.attrs.get("checkpoint")
+    slot = "b" if isinstance(previous, dict) and previous.get("slot") == "a" else "a"
     group = writer.root.require_group(f"checkpoint/{slot}")
+    for name, value in arrays.items():
+        _put(group, name, value)
     info = {"slot": slot, "committed": lengths, "arrays": sorted(arrays), **counters}
-
-    def write() -> None:
-        for name, value in arrays.items():
-            _put(group, name, value)
-        writer.commit_behind(lengths, {"checkpoint": info})
-
-    writer.write_behind(write)
+    writer.commit(checkpoint=info)
 
 
 def _put(group: zarr.Group, name: str, value: np.ndarray) -> None:
@@ -136,6 +126,4 @@ def _get(array: zarr.Array) -> np.ndarray:
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
-    """A host copy of ``t`` (``.cpu()`` of a CPU tensor is the tensor itself)."""
-    t = t.detach()
-    return (t.clone() if t.device.type == "cpu" else t.cpu()).numpy()
+    return t.detach().cpu().numpy()

@@ -10,7 +10,6 @@ the disk does not have.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 from zarr.storage import LocalStore
@@ -21,28 +20,21 @@ class DurableStore(LocalStore):
 
     def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
         super().__init__(root, read_only=read_only)
-        self._written: set[str] = set()  # keys written since their last sync
-        self._lock = threading.Lock()  # training and the I/O thread both write and sync
+        self._written: set[str] = set()  # keys; set.add and set.pop are atomic across threads
 
     async def set(self, key, value) -> None:
         await super().set(key, value)
-        self._remember(key)
+        self._written.add(key)
 
     async def set_if_not_exists(self, key, value) -> None:
         await super().set_if_not_exists(key, value)
-        self._remember(key)
-
-    def _remember(self, key: str) -> None:
-        with self._lock:
-            self._written.add(key)
+        self._written.add(key)
 
     def sync(self) -> None:
         """fsync every file written since the last call, then the folders that hold them."""
-        with self._lock:
-            keys, self._written = self._written, set()
         folders = set()
-        for key in keys:
-            path = self.root / key
+        while self._written:
+            path = self.root / self._written.pop()
             _fsync(path)
             folders.add(path.parent)
         for folder in folders:

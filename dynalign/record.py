@@ -29,7 +29,7 @@ from .probes import probe_variables
 from .reader import check_store
 from .rules import make_rule
 from .schema import PROBE_INPUT, SCHEMA_VERSION, SIGN, UNIT_SIGN
-from .store import RunWriter, StoreError, dynalign_attrs, write_failure
+from .store import RunWriter, StoreError, dynalign_attrs
 from .trainer import RunResult, Trainer, seed_everything
 from .writer_lock import describe_writer, writer_alive
 
@@ -248,7 +248,10 @@ def _train(
         signals.closing = True
         message = f"{type(err).__name__}: {err}"
         if isinstance(err, OSError):
-            message = write_failure(writer.path, err)
+            message = (
+                f"writing {writer.path} failed ({err.strerror or err}); the store keeps every "
+                "step up to its last commit: free disk space and `dynalign record --resume` it"
+            )
         writer.close("failed", message)
         if isinstance(err, OSError):
             raise StoreError(message) from None

@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,14 +53,6 @@ ARRAY_CONFIG = {"write_empty_chunks": True}
 
 class StoreError(ValueError):
     """A path that is not (or no longer) a readable dynalign run store."""
-
-
-def write_failure(path: Path, err: OSError) -> str:
-    """What a failed write (a full disk, a file-size limit) means for the run at ``path``."""
-    return (
-        f"writing {path} failed ({err.strerror or err}); the store keeps every step up to its "
-        "last commit: free disk space and `dynalign record --resume` it"
-    )
 
 
 def _fill(dtype: str) -> Any:
@@ -247,9 +237,6 @@ class RunWriter:
         self.commit_seconds = commit_seconds
         self._io: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
-        self._background: Future | None = None
-        self._commit_lock = threading.Lock()  # the training and I/O threads both commit
-        self._committed: dict[str, int] = {}
         self._last_commit = time.monotonic()
         if _reopen is not None:
             self.lock, self.root, committed = _reopen
@@ -376,7 +363,6 @@ class RunWriter:
 
     def _open_existing(self, committed: dict[str, int]) -> None:
         # first the committed lengths shrink, then the arrays: readers never see a short array
-        self._committed = dict(committed)
         self.root.update_attributes(
             {
                 "committed": committed,
@@ -427,26 +413,9 @@ class RunWriter:
             app.buffers["weight"][i] = weights[name]
             if feedback and "feedback" in app.buffers:
                 app.buffers["feedback"][i] = feedback[name]
-        self._pending = self._io_thread().submit(self._flush_snapshots)
-
-    def _io_thread(self) -> ThreadPoolExecutor:
-        """The one thread that writes snapshots and checkpoints behind training."""
         if self._io is None:
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-io")
-        return self._io
-
-    def write_behind(self, job: Callable[[], None]) -> None:
-        """Run ``job`` (writes, then their ``commit_behind``) on the I/O thread while training
-        goes on; one at a time: an earlier job is finished first. A kill before the job's
-        commit leaves the store as the previous commit described it."""
-        self.finish_behind()
-        self._background = self._io_thread().submit(job)
-
-    def finish_behind(self) -> None:
-        """Wait for the ``write_behind`` job, if any; its error, if any, is raised here."""
-        pending, self._background = self._background, None
-        if pending is not None:
-            pending.result()
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-snapshot")
+        self._pending = self._io.submit(self._flush_snapshots)
 
     def _flush_snapshots(self) -> None:
         for app in self.snapshots.values():
@@ -515,23 +484,11 @@ class RunWriter:
         once per key, so a kill (or full disk) between could keep half a commit.
         """
         lengths = self.committed_lengths()
-        with self._commit_lock:
-            self.store.sync()  # the rows reach the disk before the lengths that point at them
-            self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
-            self.store.sync()
-            self._committed, self._last_commit = lengths, time.monotonic()
+        self.store.sync()  # the rows reach the disk before the lengths that point at them
+        self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
+        self.store.sync()
+        self._last_commit = time.monotonic()
         return lengths
-
-    def commit_behind(self, lengths: dict[str, int], attrs: dict[str, Any]) -> None:
-        """A commit from the I/O thread: ``attrs`` (a checkpoint it wrote) with the rows
-        ``lengths`` counts, flushed by the training thread before. Commits take turns, and
-        the committed lengths never go back (training may have committed more since)."""
-        with self._commit_lock:
-            committed = {k: max(v, self._committed.get(k, 0)) for k, v in lengths.items()}
-            self.store.sync()
-            self.root.update_attributes({"committed": committed, **attrs})
-            self.store.sync()
-            self._committed, self._last_commit = committed, time.monotonic()
 
     def commit_if_due(self, seconds: float | None = None) -> None:
         """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last:
@@ -547,12 +504,8 @@ class RunWriter:
         error = None
         try:
             self._finish_snapshot()
-            self.finish_behind()
         except StoreError as err:
             error, status, message = err, "failed", str(err)
-        except OSError as err:  # a checkpoint written behind: the previous one stands
-            error = StoreError(write_failure(self.path, err))
-            status, message = "failed", str(error)
         finally:
             if self._io is not None:
                 self._io.shutdown()
@@ -565,7 +518,10 @@ class RunWriter:
             if finished:
                 shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         except OSError as err:  # disk full: the last commit still stands, and says so
-            error = error or StoreError(write_failure(self.path, err))
+            error = error or StoreError(
+                f"writing to {self.path} failed ({err.strerror or err}); the store keeps every "
+                "step up to its last commit: free disk space and `dynalign record --resume` it"
+            )
             with contextlib.suppress(OSError):
                 self.root.update_attributes({"status": "failed", "message": str(error)})
         finally:

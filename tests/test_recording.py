@@ -165,7 +165,7 @@ def test_a_failed_snapshot_write_fails_the_run_with_a_readable_store(
     flush = store._Appender.flush
 
     def disk_full_for_snapshots(self):
-        if threading.current_thread().name.startswith("dynalign-io"):
+        if threading.current_thread().name.startswith("dynalign-snapshot"):
             raise OSError("No space left on device")
         flush(self)
 
@@ -273,49 +273,3 @@ def test_a_flush_that_fails_half_way_keeps_its_rows(tmp_path):
     steps = open_run(tmp_path / "f.zarr")["steps"].ds
     assert list(steps.step.values) == [1, 2, 3] and list(steps.epoch.values) == [1, 1, 1]
     np.testing.assert_array_equal(steps.loss.values, [0.5, 1.0, 1.5])
-
-
-def _writer_with_rows(path, n: int):
-    from dynalign.store import RunWriter
-
-    writer = RunWriter(path, {"config": "{}"}, {"fc1": (4, 3)}, feedback_shapes={})
-    for i in range(n):
-        writer.append_step({"step": i + 1, "epoch": 1, "loss": 1.0})
-    return writer
-
-
-def test_a_commit_from_behind_names_its_checkpoint_and_never_shrinks_the_rows(tmp_path):
-    """A checkpoint's commit from the I/O thread carries the rows it was taken at; rows the
-    training thread committed since stay committed."""
-    writer = _writer_with_rows(tmp_path / "s.zarr", 5)
-    at_checkpoint = writer.committed_lengths()
-    for i in range(5, 9):
-        writer.append_step({"step": i + 1, "epoch": 1, "loss": 1.0})
-    writer.commit()
-    info = {"slot": "a", "step": 5, "committed": at_checkpoint}
-    writer.write_behind(lambda: writer.commit_behind(at_checkpoint, {"checkpoint": info}))
-    writer.finish_behind()
-    attrs = zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs
-    assert attrs["committed"]["steps"] == 9 and attrs["checkpoint"]["step"] == 5
-    before = _writer_with_rows(tmp_path / "t.zarr", 3)  # and where nothing was committed since,
-    lengths = before.committed_lengths()  # the checkpoint's commit makes its rows visible
-    before.write_behind(lambda: before.commit_behind(lengths, {"checkpoint": info}))
-    before.finish_behind()
-    assert zarr.open_group(str(tmp_path / "t.zarr"), mode="r").attrs["committed"]["steps"] == 3
-    writer.close("interrupted")
-    before.close("interrupted")
-
-
-def test_a_failed_write_behind_fails_the_run_and_keeps_the_last_commit(tmp_path):
-    writer = _writer_with_rows(tmp_path / "s.zarr", 4)
-    writer.commit()
-
-    def disk_full() -> None:
-        raise OSError(28, "No space left on device")
-
-    writer.write_behind(disk_full)
-    with pytest.raises(StoreError, match="No space left on device.*--resume"):
-        writer.close("completed")
-    attrs = open_run(tmp_path / "s.zarr").attrs
-    assert attrs["status"] == "failed" and attrs["committed"]["steps"] == 4
-    assert check_store(tmp_path / "s.zarr", decode=True) == []
