@@ -11,6 +11,14 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
+def torch_threads():
+    """Set torch's thread count (and so the compiled loops') for one test, restored after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_config():
     """A config that records a few dozen steps of a small FA MLP on digits in about a second."""
 

@@ -34,41 +34,33 @@ def test_torch_path_is_the_hash_as_defined():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_compiled_loop_equals_torch_path(dtype, threads):
+def test_compiled_loop_equals_torch_path(dtype, threads, torch_threads):
     """Bit for bit, serial and on threads (the tensor is large enough to run in parallel)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        g = torch.Generator().manual_seed(0)
-        w = torch.randn(PARALLEL_FROM + 1234, generator=g, dtype=dtype)
-        w[::97] = 0
-        out = torch.empty_like(w)
-        signed_uniform_(out, w, (7, 2**32 + 9), 0.3)  # keys are taken mod 2³²
-        expected = hashed_uniform(w.numel(), 7, 9).to(dtype) * 0.3 * torch.sign(w)
-        assert torch.equal(out, expected)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(PARALLEL_FROM + 1234, generator=g, dtype=dtype)
+    w[::97] = 0
+    out = torch.empty_like(w)
+    signed_uniform_(out, w, (7, 2**32 + 9), 0.3)  # keys are taken mod 2³²
+    expected = hashed_uniform(w.numel(), 7, 9).to(dtype) * 0.3 * torch.sign(w)
+    assert torch.equal(out, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["constant", "tensor"])
-def test_fixed_magnitudes_equal_torchs_two_passes(kind, dtype, threads):
+def test_fixed_magnitudes_equal_torchs_two_passes(kind, dtype, threads, torch_threads):
     """usf's one number and frsf's tensor: sign(W)·m bit for bit, zeros and NaN carried over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        g = torch.Generator().manual_seed(1)
-        w = torch.randn(PARALLEL_FROM + 77, generator=g, dtype=dtype)
-        w[::50] = 0
-        w[3] = float("nan")
-        m = 0.37 if kind == "constant" else torch.rand(w.shape, generator=g, dtype=dtype)
-        out = torch.empty_like(w)
-        signed_(out, w, m)
-        assert torch.equal(out[4:], (torch.sign(w) * m)[4:])
-        assert out[3].isnan() and out[0] == 0
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(PARALLEL_FROM + 77, generator=g, dtype=dtype)
+    w[::50] = 0
+    w[3] = float("nan")
+    m = 0.37 if kind == "constant" else torch.rand(w.shape, generator=g, dtype=dtype)
+    out = torch.empty_like(w)
+    signed_(out, w, m)
+    assert torch.equal(out[4:], (torch.sign(w) * m)[4:])
+    assert out[3].isnan() and out[0] == 0
 
 
 def test_signs_and_bounds_and_the_uncompiled_path():
