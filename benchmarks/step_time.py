@@ -126,6 +126,8 @@ def dynalign_stepper(
             "probes.every": probe_every,
             "probes.snapshot_every": 100,
             "probes.checkpoint_every": 100,
+            # the snapshot schedule ends at the run's last step: long enough for every row
+            "train.epochs": 10_000,
             # Kolen-Pollack needs a weight decay for B to converge to W
             "train.weight_decay": KP_DECAY if rule == "kp" else 0.0,
             **(extra or {}),

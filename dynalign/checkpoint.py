@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import zarr
 
-from .store import ARRAY_CONFIG, RunWriter, StoreError
+from .store import ARRAY_CONFIG, RunWriter, StoreError, write_all
 
 
 def capture(
@@ -70,38 +70,66 @@ def restore(
     return torch.from_numpy(order) if order.size else None
 
 
-def save(writer: RunWriter, arrays: dict[str, np.ndarray], counters: dict[str, Any]) -> None:
-    """Write a checkpoint into the free slot, then commit it with the rows it belongs to."""
-    lengths = writer.committed_lengths(wait_for_snapshot=True)
+def save(
+    writer: RunWriter,
+    arrays: dict[str, np.ndarray],
+    counters: dict[str, Any],
+    snapshot_in_flight: bool = False,
+    fixed: frozenset[str] = frozenset(),
+) -> None:
+    """Write a checkpoint into the free slot, then commit it with the rows it belongs to.
+
+    ``snapshot_in_flight``: without the snapshot still being written, which ``counters`` must
+    not count either (see ``RunWriter.snapshot_in_flight``). ``fixed``: arrays whose value
+    never changes during the run (a fixed B): written into each slot once by this writer.
+    """
+    lengths = writer.committed_lengths(without_snapshot_in_flight=snapshot_in_flight)
     previous = writer.root.attrs.get("checkpoint")
     slot = "b" if isinstance(previous, dict) and previous.get("slot") == "a" else "a"
-    group = writer.root.require_group(f"checkpoint/{slot}")
-    for name, value in arrays.items():
-        _put(group, name, value)
+    due = {
+        name: value
+        for name, value in arrays.items()
+        if not (name in fixed and f"{slot}/{name}" in writer.checkpoint_fixed)
+    }
+    write_all(
+        _target(writer, slot, name, value).setitem(..., value.reshape(value.shape or (1,)))
+        for name, value in due.items()
+    )
+    writer.checkpoint_fixed.update(f"{slot}/{name}" for name in due if name in fixed)
     info = {"slot": slot, "committed": lengths, "arrays": sorted(arrays), **counters}
     writer.commit(checkpoint=info)
 
 
-def _put(group: zarr.Group, name: str, value: np.ndarray) -> None:
-    scalar = value.ndim == 0  # stored with one element: zarr skips a 0-d array's fill chunk
-    value = value.reshape(1) if scalar else value
+def _target(writer: RunWriter, slot: str, name: str, value: np.ndarray) -> zarr.AsyncArray:
+    """The array of ``slot`` that takes ``value`` (reshaped to 1 element where it is 0-d),
+    opened once per writer and created (again) where its shape or dtype differ."""
+    key = f"{slot}/{name}"
+    shape = value.shape or (1,)  # stored with one element: zarr skips a 0-d array's fill chunk
+    array = writer.checkpoint_arrays.get(key)
+    if array is None or array.shape != shape or array.dtype != value.dtype:
+        array = _open(writer.root.require_group(f"checkpoint/{slot}"), name, value)
+        writer.checkpoint_arrays[key] = array
+    return array.async_array
+
+
+def _open(group: zarr.Group, name: str, value: np.ndarray) -> zarr.Array:
+    scalar = value.ndim == 0
+    shape = value.shape or (1,)
     if name in group:
         array = group[name].with_config(ARRAY_CONFIG)
-        if array.shape == value.shape and array.dtype == value.dtype:
-            array[...] = value
-            return
-    array = group.create_array(
+        if array.shape == shape and array.dtype == value.dtype:
+            return array
+    return group.create_array(
         name,
-        shape=value.shape,
-        chunks=tuple(max(1, s) for s in value.shape),
+        shape=shape,
+        chunks=tuple(max(1, s) for s in shape),
         dtype=value.dtype,
-        dimension_names=tuple(f"{name}_dim{i}" for i in range(value.ndim)),
+        dimension_names=tuple(f"{name}_dim{i}" for i in range(len(shape))),
         compressors=None,  # weights and generator states hardly compress
         overwrite=True,
         config=ARRAY_CONFIG,
         attributes={"scalar": scalar},
     )
-    array[...] = value
 
 
 def load(root: zarr.Group) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:

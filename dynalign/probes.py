@@ -104,6 +104,7 @@ class SnapshotProbe:
     def __init__(self, steps: int | frozenset[int], layers: dict):
         self.steps, self.layers = steps, layers
         self.last = -1  # the step of the last snapshot (checkpoints keep it)
+        self.previous = -1  # and of the one before it
 
     def due(self, step: int, final: bool = False) -> bool:
         if self.last == step:
@@ -115,7 +116,7 @@ class SnapshotProbe:
         return step in self.steps
 
     def take(self, writer, step: int) -> None:
-        self.last = step
+        self.previous, self.last = self.last, step
         weights = {n: layer.weight.detach().cpu().numpy() for n, layer in self.layers.items()}
         feedback = {
             n: layer.feedback.cpu().numpy()

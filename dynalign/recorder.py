@@ -93,12 +93,13 @@ class Recorder:
             if probe is not None and probe.due(step, final):
                 probe.take(self.writer, step)
 
-    @property
-    def progress(self) -> dict[str, int]:
-        """The steps of the last snapshot and reconstruction (a checkpoint keeps them)."""
+    def progress(self, snapshot_in_flight: bool = False) -> dict[str, int]:
+        """The steps of the last snapshot and reconstruction (a checkpoint keeps them); with
+        ``snapshot_in_flight``, the snapshot before the last (the last is still being written)."""
         rec = self.reconstructions
+        snaps = self.snapshots
         return {
-            "last_snapshot": self.snapshots.last,
+            "last_snapshot": snaps.previous if snapshot_in_flight else snaps.last,
             "last_reconstruction": rec.last if rec is not None else -1,
         }
 

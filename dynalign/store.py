@@ -16,10 +16,12 @@ holds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
 import time
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from . import schema
 from .durable import DurableStore
@@ -116,12 +119,31 @@ class _Appender:
         end = self.n + self.filled
         # every array first, the buffers cleared only after: a flush that fails half-way (a
         # full disk) keeps its rows, and the next flush writes them all again
-        for name, arr in self.arrays.items():
-            arr.resize((end, *arr.shape[1:]))
-            arr[self.n : end] = self.buffers[name][: self.filled]
+        write_all(
+            _append(arr.async_array, self.buffers[name][: self.filled], self.n, end)
+            for name, arr in self.arrays.items()
+        )
         for buf in self.buffers.values():
             buf.fill(_fill(str(buf.dtype)))
         self.n, self.filled = end, 0
+
+
+async def _append(array: zarr.AsyncArray, rows: np.ndarray, start: int, end: int) -> None:
+    await array.resize((end, *array.shape[1:]))
+    await array.setitem(slice(start, end), rows)
+
+
+def write_all(writes: Iterable[Coroutine]) -> None:
+    """Run zarr writes (coroutines) at once, so that their files' creation, writing and
+    renaming overlap on zarr's threads instead of each waiting for the last; every write ends
+    before the first error (a full disk, say) is raised, so none is left running."""
+    errors = [e for e in sync(_gather(list(writes))) if e is not None]
+    if errors:
+        raise errors[0]
+
+
+async def _gather(writes: list[Coroutine]) -> list:
+    return await asyncio.gather(*writes, return_exceptions=True)
 
 
 def _column(dims: tuple[str, ...], trailing: tuple, v: Variable, dtype: str | None = None):
@@ -237,6 +259,12 @@ class RunWriter:
         self.commit_seconds = commit_seconds
         self._io: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self._pending_step = -1  # the step of the snapshot ``_pending`` writes
+        self._snapshots_before = 0  # snapshot rows on disk before it
+        #: a checkpoint's zarr arrays by "slot/name", opened once, and those of them holding a
+        #: value that never changes during the run (see ``dynalign.checkpoint``)
+        self.checkpoint_arrays: dict[str, zarr.Array] = {}
+        self.checkpoint_fixed: set[str] = set()
         self._last_commit = time.monotonic()
         if _reopen is not None:
             self.lock, self.root, committed = _reopen
@@ -407,6 +435,7 @@ class RunWriter:
     ) -> None:
         """Copy W (and B) now; write them on the background thread (see ``close``)."""
         self._finish_snapshot()  # its buffers are about to be refilled
+        self._pending_step, self._snapshots_before = step, self._snapshots_done
         for name, app in self.snapshots.items():
             i = app.row()
             app.buffers["snapshot_step"][i] = step
@@ -433,6 +462,16 @@ class RunWriter:
             raise StoreError(
                 f"writing a weight snapshot to {self.path} failed ({type(err).__name__}: {err})"
             ) from err
+
+    def snapshot_in_flight(self, step: int | None) -> bool:
+        """Whether the snapshot of ``step`` is still being written. A checkpoint at ``step``
+        need not wait for it: it commits the rows before it, and a resumed run takes it again
+        from the same state. A snapshot of an earlier step (any, with None) is waited for."""
+        pending = self._pending
+        if pending is not None and self._pending_step == step and not pending.done():
+            return True
+        self._finish_snapshot()
+        return False
 
     def reconstruction(self, step: int, values: np.ndarray) -> None:
         app = self.reconstructions
@@ -463,16 +502,18 @@ class RunWriter:
         self.manifest.append(arr.path)
 
     # -- commits ------------------------------------------------------------------------------
-    def committed_lengths(self, wait_for_snapshot: bool = False) -> dict[str, int]:
-        """Rows on disk in every appended group (after flushing the buffered ones)."""
-        if wait_for_snapshot:
-            self._finish_snapshot()
+    def committed_lengths(self, without_snapshot_in_flight: bool = False) -> dict[str, int]:
+        """Rows on disk in every appended group (after flushing the buffered ones); with
+        ``without_snapshot_in_flight``, the snapshot rows before the one being written (see
+        ``snapshot_in_flight``), even if it has landed since."""
         self.steps.flush()
         self.epochs.flush()
         lengths = {
             "steps": self.steps.n,
             "epochs": self.epochs.n,
-            "snapshots": self._snapshots_done,
+            "snapshots": (
+                self._snapshots_before if without_snapshot_in_flight else self._snapshots_done
+            ),
             "reconstructions": self.reconstructions.n if self.reconstructions else 0,
         }
         return lengths

@@ -198,20 +198,27 @@ class Trainer:
         return total / max(n, 1), (correct / scored if scored else math.nan)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def checkpoint(self, epoch_done: bool) -> None:
-        """Commit every row so far together with the state the next step needs."""
+    def checkpoint(self, epoch_done: bool, last: bool = False) -> None:
+        """Commit every row so far together with the state the next step needs (``last``: the
+        run stops after it, so it waits for a snapshot still being written)."""
         if self.writer is None:
             return
         arrays = checkpoint.capture(self.model, self.optimizer, self._generators(), self.order)
+        # a snapshot of this very step still being written is left out, not waited for: a
+        # resumed run takes it again (see ``run``)
+        in_flight = self.writer.snapshot_in_flight(None if last else self.step)
         counters = {
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
             "epoch_done": epoch_done,
-            **self.recorder.progress,
+            **self.recorder.progress(snapshot_in_flight=in_flight),
             "final": self.final,
         }
-        checkpoint.save(self.writer, arrays, counters)
+        fixed = frozenset()
+        if self.rule.feedback_is_fixed():
+            fixed = frozenset(f"model.{name}.feedback" for name in self.names)
+        checkpoint.save(self.writer, arrays, counters, in_flight, fixed)
         self._last_checkpoint = time.monotonic()
 
     def _checkpoint_due(self) -> bool:
@@ -270,7 +277,8 @@ class Trainer:
         self.model.train()
         if not self._resumed:
             self.epoch = 1
-            self.recorder.take_snapshots(0)
+        # the first snapshot, or one the checkpoint resumed from left out (in flight then)
+        self.recorder.take_snapshots(self.step)
         per_epoch = self.config.probes.checkpoint_every is None
         try:
             while self.epoch <= cfg.epochs:
@@ -299,7 +307,7 @@ class Trainer:
         except StopRequested:  # between two steps: the state is whole, keep it
             status = "interrupted"
             message = f"stopped by {self.stop_requested} after step {self.step}"
-            self.checkpoint(epoch_done=False)
+            self.checkpoint(epoch_done=False, last=True)
         except KeyboardInterrupt:  # inside a step: the last checkpoint stands
             cause = self.stop_requested or "KeyboardInterrupt"
             status, message = "interrupted", f"stopped by {cause} during step {self.step}"

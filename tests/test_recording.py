@@ -249,17 +249,26 @@ def test_a_flush_that_fails_half_way_keeps_its_rows(tmp_path):
     writer = RunWriter(tmp_path / "f.zarr", {}, {"fc1": (2, 3)}, {}, (), probe_variables())
 
     class FailsOnce:
+        """The array, whose first write of values fails (writes go through its async form)."""
+
         def __init__(self, array):
             self.array, self.failed = array, False
 
         def __getattr__(self, name):
             return getattr(self.array, name)
 
-        def __setitem__(self, key, value):
+        @property
+        def async_array(self):
+            return self
+
+        async def resize(self, shape):
+            await self.array.async_array.resize(shape)
+
+        async def setitem(self, key, value):
             if not self.failed:
                 self.failed = True
                 raise OSError(28, "No space left on device")
-            self.array[key] = value
+            await self.array.async_array.setitem(key, value)
 
     names = list(writer.steps.arrays)
     last = names[-1]  # written after the others: they succeed, this one fails

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -24,13 +25,14 @@ import torch.nn.functional as F
 import zarr
 from torch import nn
 
-from dynalign import open_run
+from dynalign import checkpoint, open_run
 from dynalign.config import ConfigError, build_config
 from dynalign.conv import Conv2d
 from dynalign.feedback import Linear, feedback_layers
 from dynalign.reader import check_store
 from dynalign.record import prepare, record, resume
 from dynalign.rules import attach_rule, kolen_pollack, make_rule
+from dynalign.store import RunWriter
 from dynalign.trainer import Trainer
 
 RULES = ("dfa", "usf", "brsf", "frsf", "kp", "wm", "frozen")
@@ -703,3 +705,102 @@ def test_resume_equals_the_unbroken_run(rule, how, unbroken, tmp_path, monkeypat
     for key in ("status", "steps", "epochs", "final"):
         assert a[key] == b[key], key
     assert check_store(broken, decode=True) == []
+
+
+@pytest.mark.parametrize("rule", ["fa", *RULES])
+def test_a_rule_that_says_its_b_is_fixed_never_changes_it(rule):
+    """Checkpoints write a B that ``feedback_is_fixed`` calls fixed once per slot; the claim
+    must hold through training (and the rules that update B must say so)."""
+    cfg = _config(rule, **({"train.weight_decay": 0.01} if rule == "kp" else {}))
+    data, model, _, learning_rule = prepare(cfg)
+    layers = {n: m for n, m in feedback_layers(model).items() if m.feedback is not None}
+    start = {n: layer.feedback.clone() for n, layer in layers.items()}
+    trainer = Trainer(cfg, data, model, learning_rule, None, progress=False)
+    for i in range(3):
+        trainer.train_batch(
+            data.x_train[i * 30 : (i + 1) * 30], data.y_train[i * 30 : (i + 1) * 30]
+        )
+    same = [torch.equal(start[n], layer.feedback) for n, layer in layers.items()]
+    assert all(same) == learning_rule.feedback_is_fixed(), (rule, same)
+
+
+def test_a_fixed_b_skipped_in_a_reused_slot_resumes_exactly(tmp_path, monkeypatch):
+    """Four epochs, checkpoints at steps 10, 20, 30 (slots a, b, a): the third leaves FA's B
+    as slot a had it; killed in step 34, the run resumes from it equal to the unbroken run."""
+    cfg = _config("fa", **{**RESUME, "train.epochs": 4})
+    unbroken = tmp_path / "unbroken.zarr"
+    assert record(cfg, unbroken, progress=False).status == "completed"
+    written: list[list[str]] = []  # the arrays each checkpoint wrote
+    save, target = checkpoint.save, checkpoint._target
+
+    def counted_save(*args):
+        written.append([])
+        save(*args)
+
+    def counted_target(writer, slot, name, value):
+        written[-1].append(name)
+        return target(writer, slot, name, value)
+
+    train_step = Trainer._train_step
+
+    def killed_in(self, x, y):
+        if self.step == 34:
+            raise KeyboardInterrupt
+        return train_step(self, x, y)
+
+    monkeypatch.setattr(checkpoint, "save", counted_save)
+    monkeypatch.setattr(checkpoint, "_target", counted_target)
+    monkeypatch.setattr(Trainer, "_train_step", killed_in)
+    broken = tmp_path / "broken.zarr"
+    assert record(cfg, broken, progress=False).status == "interrupted"
+    monkeypatch.undo()
+    info = open_run(broken).attrs["checkpoint"]
+    assert info["step"] == 30 and info["slot"] == "a"
+    feedback = [[n for n in names if n.endswith(".feedback")] for names in written]
+    assert len(feedback) == 3 and feedback[0] == feedback[1] != [] and feedback[2] == []
+    assert "model.fc1.weight" in written[2]
+    arrays, _ = checkpoint.load(zarr.open_group(str(broken), mode="r"))
+    _, model, _, _ = prepare(cfg)
+    for name, layer in feedback_layers(model).items():  # B as drawn at the start
+        assert np.array_equal(arrays[f"model.{name}.feedback"], layer.feedback.numpy())
+    assert resume(broken, progress=False).status == "completed"
+    mine, theirs = _arrays(broken), _arrays(unbroken)
+    assert sorted(mine) == sorted(theirs)
+    for name, expected in theirs.items():
+        assert np.array_equal(mine[name], expected, equal_nan=expected.dtype.kind in "fc"), name
+
+
+def test_a_snapshot_in_flight_at_a_checkpoint_is_taken_again_on_resume(
+    unbroken, tmp_path, monkeypatch
+):
+    """The checkpoint at step 10 does not wait for the snapshot of step 10 (slowed down here,
+    so that it is still being written): it commits the rows before it, and the resumed run
+    takes it again from the same state. The store equals the unbroken run's."""
+    flush = RunWriter._flush_snapshots
+
+    def slow_flush(self):
+        time.sleep(0.3)
+        flush(self)
+
+    train_step = Trainer._train_step
+
+    def killed_in(self, x, y):
+        if self.step == STOP_AT:
+            raise KeyboardInterrupt
+        return train_step(self, x, y)
+
+    monkeypatch.setattr(RunWriter, "_flush_snapshots", slow_flush)
+    monkeypatch.setattr(Trainer, "_train_step", killed_in)
+    broken = tmp_path / "broken.zarr"
+    assert record(_resume_config("fa"), broken, progress=False).status == "interrupted"
+    monkeypatch.undo()
+    info = open_run(broken).attrs["checkpoint"]
+    assert info["step"] == 10 and info["last_snapshot"] == 5  # left out: in flight
+    assert info["committed"]["snapshots"] == 2  # steps 0 and 5
+    assert resume(broken, progress=False).status == "completed"
+    mine, theirs = _arrays(broken), _arrays(unbroken("fa"))
+    assert sorted(mine) == sorted(theirs)
+    for name, expected in theirs.items():
+        assert np.array_equal(mine[name], expected, equal_nan=expected.dtype.kind in "fc"), name
+    steps = open_run(broken)["snapshots/fc1/snapshot_step"][...]
+    assert list(steps) == [0, 5, 10, 15, 20]

@@ -47,6 +47,11 @@ class Rule:
     ) -> None:
         """Update B once the optimiser (and any sign constraint) has changed W."""
 
+    def feedback_is_fixed(self) -> bool:
+        """B never changes during training: only ``after_step`` changes it then, and this rule
+        keeps the do-nothing one (a checkpoint writes such a B once per slot, not each time)."""
+        return type(self).after_step is Rule.after_step
+
     def trainable(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters the optimiser updates."""
         return list(model.parameters())
