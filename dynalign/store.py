@@ -127,9 +127,22 @@ class _Appender:
             buf.fill(_fill(str(buf.dtype)))
         self.n, self.filled = end, 0
 
+    def trim(self) -> None:
+        """Cut the arrays, grown a chunk at a time, to the ``n`` rows written."""
+        write_all(
+            a.async_array.resize((self.n, *a.shape[1:]))
+            for a in self.arrays.values()
+            if a.shape[0] != self.n
+        )
+
 
 async def _append(array: zarr.AsyncArray, rows: np.ndarray, start: int, end: int) -> None:
-    await array.resize((end, *array.shape[1:]))
+    """Rows ``start:end`` into ``array``, grown first where it is shorter: to a whole number of
+    chunks, so that most flushes rewrite no metadata (readers stop at the committed length,
+    and ``close`` trims the rest)."""
+    if array.shape[0] < end:
+        chunk = array.chunks[0]
+        await array.resize((-(-end // chunk) * chunk, *array.shape[1:]))
     await array.setitem(slice(start, end), rows)
 
 
@@ -502,6 +515,10 @@ class RunWriter:
         self.manifest.append(arr.path)
 
     # -- commits ------------------------------------------------------------------------------
+    def _appenders(self) -> list[_Appender]:
+        extra = [self.reconstructions] if self.reconstructions is not None else []
+        return [self.steps, self.epochs, *self.snapshots.values(), *extra]
+
     def committed_lengths(self, without_snapshot_in_flight: bool = False) -> dict[str, int]:
         """Rows on disk in every appended group (after flushing the buffered ones); with
         ``without_snapshot_in_flight``, the snapshot rows before the one being written (see
@@ -556,6 +573,9 @@ class RunWriter:
             # a finished run is never resumed: its checkpoint goes (a 3x512 MLP's is 15 MB)
             dropped = {"checkpoint": None} if finished else {}
             self.commit(status=status, message=message, **attrs, **dropped)
+            with contextlib.suppress(OSError):  # untrimmed, the store is just as readable
+                for app in self._appenders():
+                    app.trim()
             if finished:
                 shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         except OSError as err:  # disk full: the last commit still stands, and says so

@@ -220,11 +220,10 @@ def test_sigterm_leaves_interrupted_valid_store(tmp_path):
     )
     assert proc.stdout.readline().strip() == "starting"
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until more than one chunk of steps is on disk
-        arr = out / "steps" / "loss" / "zarr.json"
-        if arr.exists():
+    while time.time() < deadline:  # wait until more than one chunk of steps is committed
+        if (out / "zarr.json").exists():
             try:
-                if zarr.open_array(str(out / "steps" / "loss"), mode="r").shape[0] >= 1024:
+                if zarr.open_group(str(out), mode="r").attrs["committed"]["steps"] >= 1024:
                     break
             except Exception:
                 pass
@@ -282,3 +281,31 @@ def test_a_flush_that_fails_half_way_keeps_its_rows(tmp_path):
     steps = open_run(tmp_path / "f.zarr")["steps"].ds
     assert list(steps.step.values) == [1, 2, 3] and list(steps.epoch.values) == [1, 1, 1]
     np.testing.assert_array_equal(steps.loss.values, [0.5, 1.0, 1.5])
+
+
+def test_appended_arrays_grow_a_chunk_at_a_time_and_close_trims_them(tmp_path):
+    """A flush grows the arrays to whole chunks (no metadata rewritten while rows fill a
+    chunk); readers stop at the committed length meanwhile, and ``close`` trims to it."""
+    from dynalign.store import RunWriter
+
+    path = tmp_path / "g.zarr"
+    writer = RunWriter(path, {}, {"fc1": (2, 3)}, {}, (), probe_variables(), chunk=8)
+    for step in range(1, 4):
+        writer.append_step({"step": step, "epoch": 1, "loss": 1.0})
+    writer.commit()
+    raw = zarr.open_group(str(path), mode="r")
+    assert raw["steps/loss"].shape == (8,) and raw.attrs["committed"]["steps"] == 3
+    assert open_run(path)["steps"].ds.sizes["step"] == 3
+    before = (path / "steps" / "loss" / "zarr.json").read_bytes()
+    for step in range(4, 7):
+        writer.append_step({"step": step, "epoch": 1, "loss": 1.0})
+    writer.commit()  # within the first chunk: the metadata stays as it was
+    assert (path / "steps" / "loss" / "zarr.json").read_bytes() == before
+    for step in range(7, 11):
+        writer.append_step({"step": step, "epoch": 1, "loss": 1.0})
+    writer.commit()
+    assert zarr.open_group(str(path), mode="r")["steps/loss"].shape == (16,)
+    writer.close("completed")
+    raw = zarr.open_group(str(path), mode="r")
+    assert raw["steps/loss"].shape == (10,) and raw["steps/weight_norm"].shape == (10, 1)
+    assert list(open_run(path)["steps"].ds.step.values) == list(range(1, 11))
