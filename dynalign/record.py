@@ -26,7 +26,6 @@ from .data import load
 from .feedback import feedback_layers
 from .models import build
 from .probes import probe_variables
-from .reader import check_store
 from .rules import make_rule
 from .schema import PROBE_INPUT, SCHEMA_VERSION, SIGN, UNIT_SIGN
 from .store import RunWriter, StoreError, dynalign_attrs
@@ -194,6 +193,8 @@ def resume(out: str | Path, progress: bool = True) -> RunResult:
         config = from_json(attrs["config"])
     except (KeyError, ValueError) as err:
         raise StoreError(f"{out} holds no usable config ({err}); record the run again") from None
+    from .reader import check_store  # imports xarray: only a resumed run needs it
+
     problems = check_store(out)
     if problems:
         raise StoreError(
