@@ -66,7 +66,7 @@ class BatchRandomSignFeedback(UniformSignFeedback):
 
     Uniform |M| (the default) is a counter-based hash fused with the sign
     (``dynalign.sign_concordant``): two keys per layer and step come from the generator, and
-    the two million numbers of a 3×512 net take about 1 ms instead of the 7-8 ms of torch's
+    the two million numbers of a 3×512 net take under 1 ms instead of the 7-8 ms of torch's
     serial CPU generator. Normal |M| is drawn by torch, half-normal as |N|·σ, straight into B.
     """
 
