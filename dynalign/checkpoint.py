@@ -107,14 +107,14 @@ def _target(writer: RunWriter, slot: str, name: str, value: np.ndarray) -> zarr.
     shape = value.shape or (1,)  # stored with one element: zarr skips a 0-d array's fill chunk
     array = writer.checkpoint_arrays.get(key)
     if array is None or array.shape != shape or array.dtype != value.dtype:
-        array = _open(writer.root.require_group(f"checkpoint/{slot}"), name, value)
+        array = _open(writer.root.require_group(f"checkpoint/{slot}"), name, shape, value)
         writer.checkpoint_arrays[key] = array
     return array.async_array
 
 
-def _open(group: zarr.Group, name: str, value: np.ndarray) -> zarr.Array:
-    scalar = value.ndim == 0
-    shape = value.shape or (1,)
+def _open(group: zarr.Group, name: str, shape: tuple, value: np.ndarray) -> zarr.Array:
+    """The group's array ``name`` where it has ``shape`` and the value's dtype, else a new one
+    in its place."""
     if name in group:
         array = group[name].with_config(ARRAY_CONFIG)
         if array.shape == shape and array.dtype == value.dtype:
@@ -128,7 +128,7 @@ def _open(group: zarr.Group, name: str, value: np.ndarray) -> zarr.Array:
         compressors=None,  # weights and generator states hardly compress
         overwrite=True,
         config=ARRAY_CONFIG,
-        attributes={"scalar": scalar},
+        attributes={"scalar": value.ndim == 0},
     )
 
 
