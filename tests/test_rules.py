@@ -663,6 +663,19 @@ def _arrays(path) -> dict[str, np.ndarray]:
     return found
 
 
+def _kill_in_step(monkeypatch, step: int) -> None:
+    """Interrupt the run inside step ``step`` (as a second Ctrl-C would): it goes back to its
+    last checkpoint."""
+    train_step = Trainer._train_step
+
+    def killed_in(self, x, y):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return train_step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "_train_step", killed_in)
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 @pytest.mark.parametrize("rule", ["brsf", "frsf", "kp", "wm"])
 def test_resume_equals_the_unbroken_run(rule, how, unbroken, tmp_path, monkeypatch):
@@ -679,14 +692,7 @@ def test_resume_equals_the_unbroken_run(rule, how, unbroken, tmp_path, monkeypat
 
         monkeypatch.setattr(Trainer, "keep_safe", stop_after)
     else:
-        train_step = Trainer._train_step
-
-        def killed_in(self, x, y):
-            if self.step == STOP_AT:
-                raise KeyboardInterrupt
-            return train_step(self, x, y)
-
-        monkeypatch.setattr(Trainer, "_train_step", killed_in)
+        _kill_in_step(monkeypatch, STOP_AT)
     broken = tmp_path / "broken.zarr"
     first = record(_resume_config(rule), broken, progress=False)
     assert first.status == "interrupted" and first.steps == STOP_AT, first
@@ -741,16 +747,9 @@ def test_a_fixed_b_skipped_in_a_reused_slot_resumes_exactly(tmp_path, monkeypatc
         written[-1].append(name)
         return target(writer, slot, name, value)
 
-    train_step = Trainer._train_step
-
-    def killed_in(self, x, y):
-        if self.step == 34:
-            raise KeyboardInterrupt
-        return train_step(self, x, y)
-
     monkeypatch.setattr(checkpoint, "save", counted_save)
     monkeypatch.setattr(checkpoint, "_target", counted_target)
-    monkeypatch.setattr(Trainer, "_train_step", killed_in)
+    _kill_in_step(monkeypatch, 34)
     broken = tmp_path / "broken.zarr"
     assert record(cfg, broken, progress=False).status == "interrupted"
     monkeypatch.undo()
@@ -782,15 +781,8 @@ def test_a_snapshot_in_flight_at_a_checkpoint_is_taken_again_on_resume(
         time.sleep(0.3)
         flush(self)
 
-    train_step = Trainer._train_step
-
-    def killed_in(self, x, y):
-        if self.step == STOP_AT:
-            raise KeyboardInterrupt
-        return train_step(self, x, y)
-
     monkeypatch.setattr(RunWriter, "_flush_snapshots", slow_flush)
-    monkeypatch.setattr(Trainer, "_train_step", killed_in)
+    _kill_in_step(monkeypatch, STOP_AT)
     broken = tmp_path / "broken.zarr"
     assert record(_resume_config("fa"), broken, progress=False).status == "interrupted"
     monkeypatch.undo()
