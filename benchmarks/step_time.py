@@ -21,11 +21,13 @@ linear read-out) on 3x32x32 images, batch 100, as ratios to its own plain-torch 
   (conv a) plain torch.nn.Conv2d/Linear, backprop
   (conv d) dynalign FA, every probe on every step, store written as in (d)
 Variants are timed in interleaved rounds and each reports its median time per step, so a
-machine that is busy for a while slows all of them alike. The cost of one checkpoint and of
+machine that is busy for a while slows all of them alike. A round is 100 steps, the interval
+of (d)'s and (e)'s checkpoints and snapshots, so that every round of theirs holds one of each
+(in shorter rounds most medians would miss them). The cost of one checkpoint and of
 one commit of this net is timed on its own. Peak memory (max RSS of a fresh process) is then
 measured for runs that record 2,000 and 20,000 steps with every probe.
 
-    python benchmarks/step_time.py [--steps 40] [--rounds 11] [--threads 1] [--skip-memory]
+    python benchmarks/step_time.py [--steps 100] [--rounds 11] [--threads 1] [--skip-memory]
                                    [--skip-timing] [--skip-rules] [--skip-conv]
 """
 
@@ -252,19 +254,23 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
             f"   fastest {best * 1e3:8.2f} ms   ratio {best / min(ref):5.2f}{verdict}"
         )
     trainer = variants["(d) FA, all probes every step + store"].trainer
+    writer = trainer.writer
     costs = {
         "checkpoint (weights, B, momentum, generators)": lambda: trainer.checkpoint(False),
-        "commit of 10 new steps (rows flushed, fsync'd)": trainer.writer.commit,
+        "checkpoint's writing and commit (background)": writer.finish_checkpoint,
+        "commit of 10 new steps (rows flushed, fsync'd)": writer.commit,
     }
-    for name, action in costs.items():
-        times = []
-        for _ in range(rounds):
-            for x, y in batches:  # ten steps first, so that there is something to write
-                trainer.train_batch(x, y)
+    times: dict[str, list[float]] = {name: [] for name in costs}
+    for _ in range(rounds):
+        for name, action in costs.items():
+            if "background" not in name:
+                for x, y in batches:  # ten steps first, so that there is something to write
+                    trainer.train_batch(x, y)
             start = time.perf_counter()
             action()
-            times.append(time.perf_counter() - start)
-        med = statistics.median(times)
+            times[name].append(time.perf_counter() - start)
+    for name, values in times.items():
+        med = statistics.median(values)
         print(f"  one {name:<46} {med * 1e3:8.2f} ms  (median of {rounds})")
 
 
@@ -322,7 +328,9 @@ def target(name: str, threads: int) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    # rounds as long as the checkpoint and snapshot interval (100 steps), so that each round
+    # of (d) and (e) holds one of each and the medians carry their cost
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-memory", action="store_true")

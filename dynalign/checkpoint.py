@@ -6,6 +6,8 @@ order go into ``checkpoint/<slot>`` as arrays: no pickle, so opening a store nev
 anything. Counters go with the ``checkpoint`` root attribute. There are two slots, written in
 turn; the attribute names the complete one and is written in the same atomic commit as the
 row counts it belongs to, so a kill while a checkpoint is written leaves the previous one whole.
+The arrays are copied when the checkpoint is taken and written, fsynced and committed on the
+store's background thread: training does not wait for the disk.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 import zarr
 
-from .store import ARRAY_CONFIG, RunWriter, StoreError, write_all
+from .store import ARRAY_CONFIG, RunWriter, StoreError
 
 
 def capture(
@@ -76,28 +78,45 @@ def save(
     counters: dict[str, Any],
     snapshot_in_flight: bool = False,
     fixed: frozenset[str] = frozenset(),
+    wait: bool = False,
 ) -> None:
     """Write a checkpoint into the free slot, then commit it with the rows it belongs to.
 
+    The rows are flushed and the arrays copied now; the copies are written and committed on
+    the writer's background thread while training goes on (``wait``: before returning; a
+    failure is raised by the writer's next commit, or here with ``wait``).
     ``snapshot_in_flight``: without the snapshot still being written, which ``counters`` must
     not count either (see ``RunWriter.snapshot_in_flight``). ``fixed``: arrays whose value
     never changes during the run (a fixed B): written into each slot once by this writer.
     """
+    writer.finish_checkpoint()  # the last one: its slot is the one to keep, its copies reused
     lengths = writer.committed_lengths(without_snapshot_in_flight=snapshot_in_flight)
     previous = writer.root.attrs.get("checkpoint")
     slot = "b" if isinstance(previous, dict) and previous.get("slot") == "a" else "a"
     due = {
-        name: value
+        name: _copy(writer, name, value)
         for name, value in arrays.items()
         if not (name in fixed and f"{slot}/{name}" in writer.checkpoint_fixed)
     }
-    write_all(
+    writes = [
         _target(writer, slot, name, value).setitem(..., value.reshape(value.shape or (1,)))
         for name, value in due.items()
-    )
-    writer.checkpoint_fixed.update(f"{slot}/{name}" for name in due if name in fixed)
+    ]
+    written = {f"{slot}/{name}" for name in due if name in fixed}
     info = {"slot": slot, "committed": lengths, "arrays": sorted(arrays), **counters}
-    writer.commit(checkpoint=info)
+    writer.write_checkpoint(writes, lengths, info, lambda: writer.checkpoint_fixed.update(written))
+    if wait:
+        writer.finish_checkpoint()
+
+
+def _copy(writer: RunWriter, name: str, value: np.ndarray) -> np.ndarray:
+    """``value`` copied into a buffer kept for ``name`` (training changes the original while
+    the copy is written; one checkpoint is written at a time, so one buffer each suffices)."""
+    buffer = writer.checkpoint_copies.get(name)
+    if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+        buffer = writer.checkpoint_copies[name] = np.empty_like(value)
+    np.copyto(buffer, value)
+    return buffer
 
 
 def _target(writer: RunWriter, slot: str, name: str, value: np.ndarray) -> zarr.AsyncArray:

@@ -6,8 +6,10 @@ sees is half-written: data is written first, and only then the *committed* lengt
 attributes, in one atomic metadata write (zarr replaces files by rename). A reader, live or
 after a crash, takes every array up to its committed length, so arrays that are resized one
 after another never disagree. Commits happen at every epoch's end and at least every
-``commit_seconds`` of training. Weight snapshots, the large writes, go to disk on a background
-thread; a snapshot counts as committed only once every layer's copy is on disk.
+``commit_seconds`` of training. Weight snapshots and checkpoints, the large writes, go to disk
+on a background thread, one after another in the order they were taken: a snapshot counts as
+committed only once every layer's copy is on disk, and a checkpoint is committed (with the rows
+it belongs to) only once its arrays are on disk.
 
 One writer per store: the writer holds an OS lock on the store's directory for its whole life
 (``dynalign.writer_lock``), and ``--overwrite`` clears only a dynalign store that no live writer
@@ -19,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -219,6 +222,20 @@ def _remove_own_entries(path: Path) -> None:
             entry.unlink()
 
 
+#: the name zarr gives a file while writing it, before renaming it into place
+PARTIAL_FILE = re.compile(r"\.[0-9a-f]{32}\.partial")
+
+
+def _remove_partial_files(path: Path) -> None:
+    """Remove what writes cut short by a kill left behind: zarr's half-written temporary
+    files (readers ignore them, but warn of them each time the group is listed). Only a
+    writer holding the store's lock calls this, so none of them is still being written."""
+    for entry in path.rglob("*.partial"):
+        if PARTIAL_FILE.search(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
 def dynalign_attrs(
     path: Path, fix: str = "give the path of a store written by `dynalign record`"
 ) -> dict[str, Any]:
@@ -273,11 +290,14 @@ class RunWriter:
         self._io: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
         self._pending_step = -1  # the step of the snapshot ``_pending`` writes
+        self._checkpoint: Future | None = None  # a checkpoint being written and committed
         self._snapshots_before = 0  # snapshot rows on disk before it
-        #: a checkpoint's zarr arrays by "slot/name", opened once, and those of them holding a
-        #: value that never changes during the run (see ``dynalign.checkpoint``)
+        #: a checkpoint's zarr arrays by "slot/name", opened once, those of them holding a
+        #: value that never changes during the run, and the host copies being written (see
+        #: ``dynalign.checkpoint``)
         self.checkpoint_arrays: dict[str, zarr.Array] = {}
         self.checkpoint_fixed: set[str] = set()
+        self.checkpoint_copies: dict[str, np.ndarray] = {}  # host copies, reused
         self._last_commit = time.monotonic()
         if _reopen is not None:
             self.lock, self.root, committed = _reopen
@@ -403,6 +423,7 @@ class RunWriter:
         return cls(path, {}, {}, {}, commit_seconds=commit_seconds, _reopen=(lock, root, committed))
 
     def _open_existing(self, committed: dict[str, int]) -> None:
+        _remove_partial_files(self.path)
         # first the committed lengths shrink, then the arrays: readers never see a short array
         self.root.update_attributes(
             {
@@ -455,9 +476,13 @@ class RunWriter:
             app.buffers["weight"][i] = weights[name]
             if feedback and "feedback" in app.buffers:
                 app.buffers["feedback"][i] = feedback[name]
+        self._pending = self._background().submit(self._flush_snapshots)
+
+    def _background(self) -> ThreadPoolExecutor:
+        """The one thread that writes snapshots and checkpoints, in the order submitted."""
         if self._io is None:
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-snapshot")
-        self._pending = self._io.submit(self._flush_snapshots)
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-writes")
+        return self._io
 
     def _flush_snapshots(self) -> None:
         for app in self.snapshots.values():
@@ -485,6 +510,32 @@ class RunWriter:
             return True
         self._finish_snapshot()
         return False
+
+    def write_checkpoint(
+        self,
+        writes: list[Coroutine],
+        lengths: dict[str, int],
+        info: dict[str, Any],
+        done: Callable[[], None],
+    ) -> None:
+        """On the background thread, after any snapshot before it: run ``writes`` (a
+        checkpoint's arrays, from copies), then commit ``info`` with the rows ``lengths``
+        counts and call ``done()``. Training goes on meanwhile; a kill before the commit keeps
+        the previous checkpoint. Call ``finish_checkpoint`` before the next one."""
+
+        def write_and_commit() -> None:
+            write_all(writes)
+            done()
+            self._publish(lengths, checkpoint=info)
+
+        self._checkpoint = self._background().submit(write_and_commit)
+
+    def finish_checkpoint(self) -> None:
+        """Wait for the checkpoint being written; its error (a full disk: OSError) is raised
+        here, once."""
+        pending, self._checkpoint = self._checkpoint, None
+        if pending is not None:
+            pending.result()
 
     def reconstruction(self, step: int, values: np.ndarray) -> None:
         app = self.reconstructions
@@ -541,16 +592,23 @@ class RunWriter:
         ``update_attributes`` writes the root metadata once; ``attrs.update`` would write it
         once per key, so a kill (or full disk) between could keep half a commit.
         """
+        self.finish_checkpoint()  # it writes the same attributes
         lengths = self.committed_lengths()
+        self._publish(lengths, **attrs)
+        return lengths
+
+    def _publish(self, lengths: dict[str, int], **attrs: Any) -> None:
         self.store.sync()  # the rows reach the disk before the lengths that point at them
         self.root.update_attributes({"committed": lengths, "arrays": self.manifest, **attrs})
         self.store.sync()
         self._last_commit = time.monotonic()
-        return lengths
 
     def commit_if_due(self, seconds: float | None = None) -> None:
         """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last:
-        bounds what a hard kill can lose, and how often every written file is fsynced."""
+        bounds what a hard kill can lose, and how often every written file is fsynced. A
+        checkpoint that failed in the background raises its error here, a step later."""
+        if self._checkpoint is not None and self._checkpoint.done():
+            self.finish_checkpoint()
         wait = self.commit_seconds if seconds is None else seconds
         if time.monotonic() - self._last_commit >= wait:
             self.commit()
@@ -562,8 +620,12 @@ class RunWriter:
         error = None
         try:
             self._finish_snapshot()
+            self.finish_checkpoint()
         except StoreError as err:
             error, status, message = err, "failed", str(err)
+        except OSError as err:  # the checkpoint: the one before it stands
+            error, status = self._disk_full(err), "failed"
+            message = str(error)
         finally:
             if self._io is not None:
                 self._io.shutdown()
@@ -579,13 +641,16 @@ class RunWriter:
             if finished:
                 shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         except OSError as err:  # disk full: the last commit still stands, and says so
-            error = error or StoreError(
-                f"writing to {self.path} failed ({err.strerror or err}); the store keeps every "
-                "step up to its last commit: free disk space and `dynalign record --resume` it"
-            )
+            error = error or self._disk_full(err)
             with contextlib.suppress(OSError):
                 self.root.update_attributes({"status": "failed", "message": str(error)})
         finally:
             self.lock.release()
         if error is not None:
             raise error
+
+    def _disk_full(self, err: OSError) -> StoreError:
+        return StoreError(
+            f"writing to {self.path} failed ({err.strerror or err}); the store keeps every "
+            "step up to its last commit: free disk space and `dynalign record --resume` it"
+        )

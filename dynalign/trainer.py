@@ -199,8 +199,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self, epoch_done: bool, last: bool = False) -> None:
-        """Commit every row so far together with the state the next step needs (``last``: the
-        run stops after it, so it waits for a snapshot still being written)."""
+        """Commit every row so far together with the state the next step needs, written on
+        the store's background thread (``last``: the run stops after it, so it waits for a
+        snapshot still being written and for its own writing)."""
         if self.writer is None:
             return
         arrays = checkpoint.capture(self.model, self.optimizer, self._generators(), self.order)
@@ -218,7 +219,7 @@ class Trainer:
         fixed = frozenset()
         if self.rule.feedback_is_fixed():
             fixed = frozenset(f"model.{name}.feedback" for name in self.names)
-        checkpoint.save(self.writer, arrays, counters, in_flight, fixed)
+        checkpoint.save(self.writer, arrays, counters, in_flight, fixed, wait=last)
         self._last_checkpoint = time.monotonic()
 
     def _checkpoint_due(self) -> bool:

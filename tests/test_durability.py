@@ -752,7 +752,9 @@ def test_file_size_limit_more_writes(tmp_path, reference):
     cases = ("store-creation", "first-checkpoint", "metadata-write-in-epoch-4", "first-snapshot")
     committed = check_out_of_space(out_of_space(tmp_path, cases))
     assert "checkpoint" not in open_run(tmp_path / "first-checkpoint.zarr").attrs
-    assert committed["first-checkpoint"]["steps"] == 12
+    # the checkpoint after epoch 1 (12 steps) fails on the background thread: the next
+    # commit check, a step or two later, raises it, and the failed run commits those rows too
+    assert 12 <= committed["first-checkpoint"]["steps"] < 24
     assert committed["metadata-write-in-epoch-4"]["steps"] == 90  # epochs 1-3 committed
     for case in ("metadata-write-in-epoch-4", "first-snapshot"):
         name = "deep" if "epoch" in case else "wide"

@@ -165,7 +165,7 @@ def test_a_failed_snapshot_write_fails_the_run_with_a_readable_store(
     flush = store._Appender.flush
 
     def disk_full_for_snapshots(self):
-        if threading.current_thread().name.startswith("dynalign-snapshot"):
+        if threading.current_thread().name.startswith("dynalign-writes"):
             raise OSError("No space left on device")
         flush(self)
 
