@@ -27,8 +27,17 @@ of (d)'s and (e)'s checkpoints and snapshots, so that every round of theirs hold
 one commit of this net is timed on its own. Peak memory (max RSS of a fresh process) is then
 measured for runs that record 2,000 and 20,000 steps with every probe.
 
+On a CUDA device (``--device cuda``) every variant runs there, each step ends with the loss
+read back (as a training loop that prints it does) and each round with a synchronisation, so
+the times are wall-clock times of finished work; the memory measurement is the CPU's only.
+
+A GPU runs this net in a few hundred microseconds of arithmetic per step, so there the
+step time is mostly the host launching kernels; ``--width`` and ``--batch`` give a net that
+keeps a GPU busy (the targets are for the default 512 and 100).
+
     python benchmarks/step_time.py [--steps 100] [--rounds 11] [--threads 1] [--skip-memory]
-                                   [--skip-timing] [--skip-rules] [--skip-conv]
+                                   [--skip-timing] [--skip-rules] [--skip-conv] [--device cpu]
+                                   [--width 512] [--batch 100]
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ from dynalign.store import RunWriter
 from dynalign.trainer import Trainer
 
 N_IN, WIDTH, DEPTH, N_OUT, BATCH = 3072, 512, 3, 10, 100
+#: where every variant runs (``--device``)
+DEVICE = torch.device("cpu")
 IMAGE, CHANNELS = (3, 32, 32), (16, 32)
 KP_DECAY = 1e-4  # Kolen-Pollack needs a weight decay; its row is measured against (a, decay)
 #: the weight mirror at fewer noise samples than its default 32 (rows without a target)
@@ -93,7 +104,7 @@ def plain_torch_stepper(
     data: Dataset, lr: float = 0.01, conv: bool = False, weight_decay: float = 0.0
 ):
     torch.manual_seed(0)
-    model = plain_convnet() if conv else plain_mlp()
+    model = (plain_convnet() if conv else plain_mlp()).to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -112,14 +123,14 @@ def dynalign_stepper(
     rule: str,
     probe_every: int,
     store: Path | None,
-    width: int = WIDTH,
+    width: int | None = None,
     conv: bool = False,
     extra: dict | None = None,
 ):
     model_keys = (
         {"model.kind": "convnet", "model.channels": list(CHANNELS), "data.name": "cifar10"}
         if conv
-        else {"model.depth": DEPTH, "model.width": width, "data.name": "synthetic"}
+        else {"model.depth": DEPTH, "model.width": width or WIDTH, "data.name": "synthetic"}
     )
     config = build_config(
         overrides={
@@ -132,6 +143,7 @@ def dynalign_stepper(
             "train.epochs": 10_000,
             # Kolen-Pollack needs a weight decay for B to converge to W
             "train.weight_decay": KP_DECAY if rule == "kp" else 0.0,
+            "train.device": str(DEVICE),
             **(extra or {}),
         }
     )
@@ -140,6 +152,8 @@ def dynalign_stepper(
     learning_rule = attach_rule(
         model, make_rule(config), torch.Generator().manual_seed(2), data.input_shape
     )
+    model.to(DEVICE)
+    learning_rule.refresh(feedback_layers(model))  # as a recorded run does after the move
     writer = None
     if store is not None:
         layers = feedback_layers(model)
@@ -182,12 +196,14 @@ def time_steps(step, batches, n: int) -> float:
     for i in range(n):
         x, y = batches[i % len(batches)]
         step(x, y)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     return (time.perf_counter() - start) / n
 
 
 def batches_of(data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [
-        (data.x_train[i : i + BATCH], data.y_train[i : i + BATCH])
+        (data.x_train[i : i + BATCH].to(DEVICE), data.y_train[i : i + BATCH].to(DEVICE))
         for i in range(0, len(data.x_train), BATCH)
     ]
 
@@ -232,8 +248,9 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
     for _ in range(rounds):
         for name, step in variants.items():
             samples[name].append(time_steps(step, inputs[name], steps))
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
     print(
-        f"step time, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
+        f"step time on {where}, 3x{WIDTH} ReLU MLP, {N_IN}-d inputs, batch {BATCH}, "
         f"{torch.get_num_threads()} thread(s), {rounds} interleaved rounds x {steps} steps; "
         "ratios to the plain torch row with the same layers and optimiser settings ((a), "
         "(a, decay) or (conv a)), from the medians and from the fastest rounds (least "
@@ -243,7 +260,7 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
         ref = samples[reference(name)]
         med, best = statistics.median(values), min(values)
         ratio = med / statistics.median(ref)
-        goal = target(name, torch.get_num_threads())
+        goal = target(name, torch.get_num_threads()) if (WIDTH, BATCH) == (512, 100) else None
         verdict = (
             ""
             if goal is None
@@ -327,6 +344,7 @@ def target(name: str, threads: int) -> float | None:
 
 
 def main() -> None:
+    global DEVICE, WIDTH, BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # rounds as long as the checkpoint and snapshot interval (100 steps), so that each round
     # of (d) and (e) holds one of each and the medians carry their cost
@@ -337,12 +355,20 @@ def main() -> None:
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-rules", action="store_true", help="leave out the (r) rows")
     parser.add_argument("--skip-conv", action="store_true", help="leave out the ConvNet rows")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--width", type=int, default=WIDTH, help="the MLP's hidden units (targets: at 512)"
+    )
+    parser.add_argument("--batch", type=int, default=BATCH, help="samples per step")
     args = parser.parse_args()
+    DEVICE, WIDTH, BATCH = torch.device(args.device), args.width, args.batch
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here; use cpu")
     torch.set_num_threads(args.threads)
     if not args.skip_timing:
         timing(args.steps, args.rounds, not args.skip_rules, not args.skip_conv)
     if not args.skip_memory:
-        memory()
+        memory()  # a CPU measurement: its child processes record on the CPU
 
 
 if __name__ == "__main__":

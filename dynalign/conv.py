@@ -77,7 +77,7 @@ class Conv2d(FeedbackLayer):
                 f"Conv2d expects input of shape (N, {self.in_channels}, H, W), got "
                 f"{tuple(x.shape)}; reshape the batch to (N, C, H, W)"
             )
-        if self.feedback is None and not torch.is_grad_enabled():
+        if self.propagates_through_weight():
             out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
             return self._capture(out)
         out = _Conv2dFn.apply(x, self.weight, self.bias, self.feedback, self)

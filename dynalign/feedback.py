@@ -102,6 +102,18 @@ class FeedbackLayer(nn.Module):
     def fan_in(self) -> int:
         return self.weight[0].numel()
 
+    def propagates_through_weight(self) -> bool:
+        """Is this pass plain backprop through W, so that torch's own backward does it?
+
+        True without B and without a route of the rule's, unless the pass is captured for
+        probes (their reference pass switches weight gradients off, see ``exact_weight_grad``),
+        and always without gradients. torch's backward costs no Python per layer, which on a
+        GPU, where a small net's step is a few hundred kernel launches, is a third of BP's
+        step."""
+        if not torch.is_grad_enabled():
+            return True
+        return self.feedback is None and self.route is None and not self.capturing
+
     def has_weight_shaped_feedback(self) -> bool:
         """Does B exist with W's shape (so that the angle between W and B is defined)?"""
         return self.feedback is not None and self.feedback.shape == self.weight.shape
@@ -142,7 +154,7 @@ class Linear(FeedbackLayer):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.feedback is None and not torch.is_grad_enabled():
+        if self.propagates_through_weight():
             return self._capture(F.linear(x, self.weight, self.bias), x)
         return self._capture(_LinearFn.apply(x, self.weight, self.bias, self.feedback, self), x)
 

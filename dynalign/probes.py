@@ -87,12 +87,22 @@ class ScalarProbe(Probe):
         accuracy = next(v for v in schema.STEP_SCALARS if v.name == "batch_accuracy")
         self.variables = (accuracy, *map(schema.loss_term, loss_terms))
 
-    def compute(self, ctx: StepContext) -> dict[str, float]:
-        correct, scored = ctx.model.correct(ctx.output, ctx.target)
-        values = {"batch_accuracy": correct / scored if scored else math.nan}
-        for term in self.terms:
-            values[term] = float(ctx.terms[term].detach())
-        return values
+    def tensors(
+        self, model: torch.nn.Module, output: torch.Tensor, target: torch.Tensor, terms: dict
+    ) -> tuple[list[torch.Tensor], int]:
+        """The step's values as 0-d tensors, which the trainer brings to the host together
+        with the loss (one transfer: on a GPU each one waits for the work queued before it),
+        and the number of samples scored."""
+        correct, scored = model.correct_count(output.detach(), target)
+        return [correct, *(terms[term].detach() for term in self.terms)], scored
+
+    def values(self, host: list[float], scored: int) -> dict[str, float]:
+        """The row's values from what ``tensors`` gave, brought to the host."""
+        correct, *terms = host
+        return {
+            "batch_accuracy": correct / scored if scored else math.nan,
+            **dict(zip(self.terms, terms, strict=True)),
+        }
 
 
 class SnapshotProbe:

@@ -70,8 +70,8 @@ class Recorder:
         return frozenset().union(*(p.needs for p in self.due(step)))
 
     def record(self, row: dict, ctx: StepContext) -> dict:
-        """Complete ``row`` with the due probes' values and write it (and a snapshot when due)."""
-        row.update(self.scalars.compute(ctx))
+        """Complete ``row`` (which holds the scalars already, see ``ScalarProbe``) with the due
+        probes' values and write it (and a snapshot when due)."""
         if self.writer is None:
             return row
         for probe in self.due(ctx.step):

@@ -26,6 +26,7 @@ from .probes import StepContext
 from .recorder import CAPTURE, Recorder
 from .rules import Rule
 from .store import RunWriter
+from .weight_step import host_floats
 
 
 class StopRequested(Exception):
@@ -126,7 +127,8 @@ class Trainer:
         out = self.model(x)
         terms = self.model.loss_terms(out, x, y)
         loss = terms["loss"]
-        loss_value = float(loss.detach())
+        scalars, scored = self.recorder.scalars.tensors(self.model, out, y, terms)
+        loss_value, *scalar_values = host_floats(loss.detach(), *scalars)
         row = {
             "step": self.step,
             "epoch": self.epoch,
@@ -139,6 +141,7 @@ class Trainer:
             raise Diverged(
                 f"loss became {loss_value} at step {self.step} (epoch {self.epoch})", row
             )
+        row.update(self.recorder.scalars.values(scalar_values, scored))
 
         self.optimizer.zero_grad(set_to_none=True)
         gradients = None

@@ -43,6 +43,32 @@ def test_bp_linear_matches_autograd_exactly():
     assert torch.allclose(gb, eb, rtol=0, atol=1e-15)
 
 
+def test_bp_layer_uses_torchs_own_backward_unless_captured_or_given_b():
+    """Plain backprop through W takes torch's backward (no Python per layer); a pass captured
+    for probes, a layer with B and one with a route of the rule's keep the rule's function,
+    and the gradients agree either way."""
+    torch.manual_seed(0)
+    layer = Linear(6, 4).double()
+    x = torch.randn(9, 6)
+
+    def run():
+        out = layer(x)
+        grads = torch.autograd.grad(torch.tanh(out).sum(), (layer.weight, layer.bias))
+        return type(out.grad_fn).__name__, grads
+
+    native, (gw, gb) = run()
+    assert "LinearFn" not in native
+    layer.capturing = True
+    captured, (cw, cb) = run()
+    layer.release_captured()
+    assert "LinearFn" in captured
+    torch.testing.assert_close((cw, cb), (gw, gb), rtol=1e-13, atol=0)
+    layer.route = lambda *args: None
+    assert "LinearFn" in run()[0]
+    layer.route, layer.feedback = None, torch.randn(4, 6)
+    assert "LinearFn" in run()[0]
+
+
 def test_bp_linear_gradcheck():
     from dynalign.feedback import _LinearFn
 

@@ -136,9 +136,9 @@ class SparseAutoencoder(Network):
         sparsity = self.sparsity_weight * kl
         return {"loss": recon + sparsity, "recon_loss": recon, "sparsity_loss": sparsity}
 
-    def correct(self, out: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    def correct_count(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
         """An autoencoder has no accuracy: nothing is scored."""
-        return 0, 0
+        return out.new_zeros(()), 0
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -65,8 +65,13 @@ class Network(nn.Module):
     def loss_terms(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:
         return {"loss": F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))}
 
-    @torch.no_grad()
     def correct(self, out: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         """(number correct, number scored); (0, 0) where accuracy has no meaning."""
-        pred = out.argmax(-1)
-        return int((pred == y).sum()), y.numel()
+        count, scored = self.correct_count(out, y)
+        return int(count), scored
+
+    @torch.no_grad()
+    def correct_count(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``correct`` with the count left on the device (a 0-d tensor): a training step
+        brings it to the host together with the loss, in one transfer."""
+        return (out.argmax(-1) == y).sum(), y.numel()
