@@ -110,9 +110,11 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether a == b element by element, in blocks, stopping after the first unequal one."""
     block = 4096
     for start in range(0, a.size, block):
+        # slices indexed from 0 (see dynalign.kernels._norms_block)
+        x, y = a[start : start + block], b[start : start + block]
         unequal = 0
-        for i in range(start, min(start + block, a.size)):
-            unequal += a[i] != b[i]
+        for i in range(x.size):
+            unequal += x[i] != y[i]
         if unequal:
             return False
     return True

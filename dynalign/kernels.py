@@ -74,20 +74,23 @@ def _sweep_block(before, after, feedback, partial, k) -> None:
     float32 values are exact in float64."""
     lo = k * BLOCK
     hi = min(lo + BLOCK, after.size)
+    after, before = after[lo:hi], before[lo:hi]  # see _norms_block
+    if feedback is not None:  # (a new name: numba drops these branches for an argument None)
+        fb = feedback[lo:hi]
     one, nought = np.float32(1), np.float32(0)
     flips = zeros = nought
-    for i in range(lo, hi):
+    for i in range(after.size):
         a, b = after[i], before[i]
         flips += one if ((b > 0) & (a < 0)) | ((b < 0) & (a > 0)) else nought
         zeros += one if a == 0 else nought
     weight_sq = update_sq = feedback_dot = feedback_sq = 0.0
-    for i in range(lo, hi):
+    for i in range(after.size):
         a, b = np.float64(after[i]), np.float64(before[i])
         weight_sq += a * a
         d = b - a
         update_sq += d * d
         if feedback is not None:
-            f = np.float64(feedback[i])
+            f = np.float64(fb[i])
             feedback_dot += a * f
             feedback_sq += f * f
     partial[k, 0], partial[k, 1], partial[k, 2] = weight_sq, update_sq, flips
@@ -108,10 +111,14 @@ def _sweep_parallel(before, after, feedback, partial) -> None:
 
 @numba.njit(inline="always", **_jit)
 def _norms_block(a, b, partial, k) -> None:
+    """The loops of every block run over its slices, indexed from 0: indexing the whole
+    arrays from ``lo``, the compiler cannot rule out negative indices (which numba wraps
+    around), and the loops ran at a third of the speed."""
     lo = k * BLOCK
     hi = min(lo + BLOCK, a.size)
+    a, b = a[lo:hi], b[lo:hi]
     aa = bb = 0.0
-    for i in range(lo, hi):
+    for i in range(a.size):
         x, y = np.float64(a[i]), np.float64(b[i])
         aa += x * x
         bb += y * y
@@ -134,8 +141,9 @@ def _norms_parallel(a, b, partial) -> None:
 def _normalised_block(a, b, ia, ib, partial, k) -> None:
     lo = k * BLOCK
     hi = min(lo + BLOCK, a.size)
+    a, b = a[lo:hi], b[lo:hi]  # see _norms_block
     dd = ss = 0.0
-    for i in range(lo, hi):
+    for i in range(a.size):
         x, y = np.float64(a[i]) * ia, np.float64(b[i]) * ib
         d, s = x - y, x + y
         dd += d * d
