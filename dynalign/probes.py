@@ -30,10 +30,6 @@ class StepContext:
     """One step as the probes see it, per layer in the order of ``names``."""
 
     step: int
-    model: torch.nn.Module
-    output: torch.Tensor  # the model's output for the minibatch (detached)
-    target: torch.Tensor
-    terms: dict[str, torch.Tensor]  # the model's loss terms ("loss", and any others)
     names: list[str]
     weights: list[torch.Tensor]  # W after the step (and after any sign constraint)
     feedback: list[torch.Tensor | None]  # B after the rule's after_step

@@ -162,10 +162,6 @@ class Trainer:
 
         ctx = StepContext(
             step=self.step,
-            model=self.model,
-            output=out.detach(),
-            target=y,
-            terms=terms,
             names=self.names,
             weights=[w.detach() for w in weights],
             feedback=[layer.feedback for layer in layers],

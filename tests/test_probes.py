@@ -163,10 +163,6 @@ def _probe_step(rule: str, rows: int = 8, seed: int = 0):
     weights = [m.weight.detach() for m in layers.values()]
     ctx = StepContext(
         step=1,
-        model=net,
-        output=out.detach(),
-        target=y,
-        terms=terms,
         names=list(layers),
         weights=weights,
         feedback=[m.feedback for m in layers.values()],
