@@ -72,16 +72,14 @@ class Probe:
         raise NotImplementedError
 
 
-class ScalarProbe(Probe):
-    """Every step: the minibatch's accuracy and the model's extra loss terms (the trainer
-    records step, epoch, loss and learning rate itself: it needs the loss to stop a run that
-    diverges)."""
+class ScalarProbe:
+    """Every step: the minibatch's accuracy and the model's extra loss terms, fetched with the
+    loss before the backward pass (the trainer records step, epoch, loss and learning rate
+    itself: it needs the loss to stop a run that diverges). Their variables are the schema's
+    step scalars and loss terms."""
 
     def __init__(self, loss_terms: tuple[str, ...] = ()):
-        super().__init__(every=1)
         self.terms = loss_terms
-        accuracy = next(v for v in schema.STEP_SCALARS if v.name == "batch_accuracy")
-        self.variables = (accuracy, *map(schema.loss_term, loss_terms))
 
     def tensors(
         self, model: torch.nn.Module, output: torch.Tensor, target: torch.Tensor, terms: dict
