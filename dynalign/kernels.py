@@ -1,5 +1,6 @@
 """Compiled loops (numba) of the probes on large tensors, on one thread or on torch's threads:
-the weight sweep of ``dynalign.weight_step`` and the two passes of ``dynalign.angles.angle``.
+the weight sweep of ``dynalign.weight_step``, the same sweep inside SGD's update
+(``dynalign.measured_step``) and the two passes of ``dynalign.angles.angle``.
 
 The vectors are cut into fixed blocks of ``BLOCK`` elements; each block writes one row of
 float64 partial sums, and the rows are added in block order, so the values do not depend on
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
 from .weight_step import PARALLEL_FROM
 
@@ -58,6 +60,16 @@ def sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None, th
     return _run((_sweep_serial, _sweep_parallel), after.size, 6, threads, before, after, feedback)
 
 
+def sgd_sweep(weight, velocity, grad, feedback, lr, momentum, decay, threads: int):
+    """SGD's step of one weight tensor, in place, and the six sums of ``sweep`` over W before
+    and after it (and B), in one pass. ``velocity`` None: SGD without momentum. ``lr``,
+    ``momentum`` and ``decay`` in the weights' dtype (see ``_sgd_block``)."""
+    return _run(
+        (_sgd_serial, _sgd_parallel), weight.size, 6, threads,
+        weight, velocity, grad, feedback, lr, momentum, decay,
+    )  # fmt: skip
+
+
 def squared_norms(a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
     """|a|² and |b|² in float64 (the first pass of ``angle``)."""
     return _run((_norms_serial, _norms_parallel), a.size, 2, threads, a, b)
@@ -75,26 +87,44 @@ def _sweep_block(before, after, feedback, partial, k) -> None:
     lo = k * BLOCK
     hi = min(lo + BLOCK, after.size)
     after, before = after[lo:hi], before[lo:hi]  # see _norms_block
-    if feedback is not None:  # (a new name: numba drops these branches for an argument None)
-        fb = feedback[lo:hi]
+    fb = _block_of(feedback, lo, hi)
     one, nought = np.float32(1), np.float32(0)
     flips = zeros = nought
     for i in range(after.size):
         a, b = after[i], before[i]
         flips += one if ((b > 0) & (a < 0)) | ((b < 0) & (a > 0)) else nought
         zeros += one if a == 0 else nought
-    weight_sq = update_sq = feedback_dot = feedback_sq = 0.0
+    sums = (0.0, 0.0, 0.0, 0.0)
     for i in range(after.size):
-        a, b = np.float64(after[i]), np.float64(before[i])
-        weight_sq += a * a
-        d = b - a
-        update_sq += d * d
-        if feedback is not None:
-            f = np.float64(fb[i])
-            feedback_dot += a * f
-            feedback_sq += f * f
-    partial[k, 0], partial[k, 1], partial[k, 2] = weight_sq, update_sq, flips
-    partial[k, 3], partial[k, 4], partial[k, 5] = zeros, feedback_dot, feedback_sq
+        sums = _add_sums(sums, after[i], before[i], fb, i)
+    partial[k, 0], partial[k, 1], partial[k, 2] = sums[0], sums[1], flips
+    partial[k, 3], partial[k, 4], partial[k, 5] = zeros, sums[2], sums[3]
+
+
+def _block_of(a, lo, hi):
+    """``a[lo:hi]``, or None for no array, typed so that numba drops the None branches."""
+    return None if a is None else a[lo:hi]
+
+
+@overload(_block_of, inline="always")
+def _block_of_compiled(a, lo, hi):
+    if isinstance(a, types.NoneType):
+        return lambda a, lo, hi: None
+    return lambda a, lo, hi: a[lo:hi]
+
+
+@numba.njit(**_jit)
+def _add_sums(sums, after, before, feedback, i):
+    """(|W|², |W − W_before|², ⟨W, B⟩, |B|²) with one weight added, in float64 (squares and
+    products of float32 values are exact there); the last two stay 0 without B. Compiled on its
+    own for each type of ``feedback`` (so its None branch goes), then inlined by LLVM."""
+    a, b = np.float64(after), np.float64(before)
+    d = b - a
+    weight_sq, update_sq = sums[0] + a * a, sums[1] + d * d
+    if feedback is None:
+        return weight_sq, update_sq, sums[2], sums[3]
+    f = np.float64(feedback[i])
+    return weight_sq, update_sq, sums[2] + a * f, sums[3] + f * f
 
 
 @numba.njit(**_jit)
@@ -107,6 +137,59 @@ def _sweep_serial(before, after, feedback, partial) -> None:
 def _sweep_parallel(before, after, feedback, partial) -> None:
     for k in prange(partial.shape[0]):
         _sweep_block(before, after, feedback, partial, k)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a·b + c rounded once: the fused multiply-add of torch's vectorised CPU kernels."""
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
+
+
+@numba.njit(inline="always", **_jit)
+def _sgd_block(weight, velocity, grad, feedback, lr, momentum, decay, partial, k) -> None:
+    """SGD's update of block k, in the operations of torch's ``_single_tensor_sgd`` on the CPU,
+    and the sums of ``_sweep_block`` over W before and after it. torch's steps are
+    ``g = grad.add(w, alpha=decay)`` (skipped at decay 0), ``v.mul_(momentum).add_(g)``,
+    ``w.add_(v, alpha=-lr)``; its vectorised add with alpha is a fused multiply-add, its
+    multiplication by a scalar a plain one, so here: g = fma(w, decay, grad), v = v·m + g
+    (an add after a rounded product: reassoc does not contract them), w = fma(v, -lr, w).
+    ``dynalign.measured_step`` checks the result against torch's before using it."""
+    lo = k * BLOCK
+    hi = min(lo + BLOCK, weight.size)
+    w, g = weight[lo:hi], grad[lo:hi]  # see _norms_block
+    v, fb = _block_of(velocity, lo, hi), _block_of(feedback, lo, hi)
+    one, nought = np.float32(1), np.float32(0)
+    flips = zeros = nought
+    sums = (0.0, 0.0, 0.0, 0.0)
+    for i in range(w.size):
+        before = w[i]
+        step = g[i] if decay == 0 else _fma(before, decay, g[i])
+        if velocity is not None:  # (numba drops the branch for an argument None)
+            step = v[i] * momentum + step
+            v[i] = step
+        after = _fma(step, -lr, before)
+        w[i] = after
+        flips += one if ((before > 0) & (after < 0)) | ((before < 0) & (after > 0)) else nought
+        zeros += one if after == 0 else nought
+        sums = _add_sums(sums, after, before, fb, i)
+    partial[k, 0], partial[k, 1], partial[k, 2] = sums[0], sums[1], flips
+    partial[k, 3], partial[k, 4], partial[k, 5] = zeros, sums[2], sums[3]
+
+
+@numba.njit(**_jit)
+def _sgd_serial(weight, velocity, grad, feedback, lr, momentum, decay, partial) -> None:
+    for k in range(partial.shape[0]):
+        _sgd_block(weight, velocity, grad, feedback, lr, momentum, decay, partial, k)
+
+
+@numba.njit(parallel=True, **_jit)
+def _sgd_parallel(weight, velocity, grad, feedback, lr, momentum, decay, partial) -> None:
+    for k in prange(partial.shape[0]):
+        _sgd_block(weight, velocity, grad, feedback, lr, momentum, decay, partial, k)
 
 
 @numba.njit(inline="always", **_jit)

@@ -3,11 +3,11 @@ and what it needs from the step.
 
 A probe's ``needs`` name what the trainer must do for it on a step where it is due:
 ``reference`` (the BP pass beside the rule's, see ``dynalign.reference``), ``outputs`` (each
-layer's output kept from the forward pass), ``weights_before`` (a copy of W before the
-optimiser step). The recorder (``dynalign.recorder``) merges the needs of the probes due on a
-step, so a step no probe needs costs a plain training step. Per-layer reductions run on the
-run's device and come to the host in one transfer per group; angles are computed in float64
-(``dynalign.angles``).
+layer's output kept from the forward pass), ``weights_before`` (W before the optimiser step: a
+copy, or the reductions over it measured in the step's own pass). The recorder
+(``dynalign.recorder``) merges the needs of the probes due on a step, so a step no probe needs
+costs a plain training step. Per-layer reductions run on the run's device and come to the host
+in one transfer per group; angles are computed in float64 (``dynalign.angles``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from . import schema
 from .angles import angle, angle_from_products, gram_angle_and_norms, gram_matrix
+from .measured_step import with_feedback
 from .reference import Gradients
 from .schema import Variable
 from .weight_step import WeightStep, host_floats, norms, weight_step
@@ -36,6 +37,9 @@ class StepContext:
     routed: list[bool]  # the layer's error does not come through B layer by layer (DFA)
     gradients: Gradients | None = None
     weights_before: list[torch.Tensor] | None = None  # a buffer the trainer reuses
+    #: or the reductions already measured in the optimiser's pass (``dynalign.measured_step``),
+    #: without B's where the rule renewed B after the step
+    measured: list[WeightStep] | None = None
     constraint_counts: list | None = None  # per layer: crossed, pushed (see constraints)
     _weight_steps: dict[int, WeightStep] = field(default_factory=dict)
 
@@ -43,10 +47,14 @@ class StepContext:
         """Layer ``i``'s reductions over W before, W after and B: one sweep, shared by probes."""
         if i not in self._weight_steps:
             b = self.feedback[i]
-            same_shape = b is not None and b.shape == self.weights[i].shape
-            self._weight_steps[i] = weight_step(
-                self.weights_before[i], self.weights[i], b if same_shape else None
-            )
+            b = b if b is not None and b.shape == self.weights[i].shape else None
+            if self.measured is None:
+                stats = weight_step(self.weights_before[i], self.weights[i], b)
+            else:
+                stats = self.measured[i]
+                if b is not None and stats.feedback_dot is None:
+                    stats = with_feedback(stats, self.weights[i], b)
+            self._weight_steps[i] = stats
         return self._weight_steps[i]
 
 

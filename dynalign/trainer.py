@@ -20,7 +20,8 @@ from . import checkpoint, reference
 from .config import Config
 from .constraints import SignConstraint
 from .data import Dataset
-from .feedback import feedback_layers
+from .feedback import FeedbackLayer, feedback_layers
+from .measured_step import measured_step
 from .models import Network
 from .probes import StepContext
 from .recorder import CAPTURE, Recorder
@@ -150,11 +151,14 @@ class Trainer:
         else:
             loss.backward()
         weights = [layer.weight for layer in layers]
-        before = self._copy_weights(weights) if "weights_before" in needs else None
-
         if self.config.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
-        self.optimizer.step()
+        before = measured = None
+        if "weights_before" in needs and self.constraint is None:  # a constraint changes W after
+            measured = measured_step(self.optimizer, weights, self._fixed_feedback(layers))
+        if measured is None:
+            before = self._copy_weights(weights) if "weights_before" in needs else None
+            self.optimizer.step()
         counts = None
         if self.constraint is not None:
             counts = self.constraint.project(self.optimizer)
@@ -168,9 +172,19 @@ class Trainer:
             routed=[layer.route is not None for layer in layers],
             gradients=gradients,
             weights_before=before,
+            measured=measured,
             constraint_counts=None if counts is None else [counts[n] for n in self.names],
         )
         return row, ctx
+
+    def _fixed_feedback(self, layers: list[FeedbackLayer]) -> list[torch.Tensor | None]:
+        """Each layer's B where the optimiser's pass can measure it: W's shape, and a rule that
+        does not renew it after the step (the probes measure a renewed B afterwards)."""
+        fixed = self.rule.feedback_is_fixed()
+        return [
+            layer.feedback if fixed and layer.has_weight_shaped_feedback() else None
+            for layer in layers
+        ]
 
     def _copy_weights(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
         """W before the optimiser step, in buffers kept across steps (no fresh allocation)."""

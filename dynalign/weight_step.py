@@ -5,8 +5,9 @@ operations, each one streams the whole weight matrix from memory again (or write
 temporary as large as it), and for a 512×3072 layer that made them the larger part of a probe
 step. On the CPU compiled loops (``dynalign.kernels``) do all of them in a single pass over W
 before, W after and B, block by block, with float64 accumulators, on torch's threads for a
-large layer (the values do not depend on the thread count). Other devices (CUDA) run plain
-tensor expressions, where memory bandwidth is not the limit.
+large layer (the values do not depend on the thread count); under SGD the same loop runs inside
+the optimiser's step (``dynalign.measured_step``), which spares the copy of W before it. Other
+devices (CUDA) run plain tensor expressions, where memory bandwidth is not the limit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ class WeightStep:
     feedback_dot: float | None  # ⟨W_after, B⟩; None without a feedback tensor
     feedback_sq: float | None  # |B|²
 
+    @classmethod
+    def from_sums(cls, sums) -> WeightStep:
+        """From a sweep's six sums, in the order of the fields (the last two None without B)."""
+        weight_sq, update_sq, flips, zeros, feedback_dot, feedback_sq = sums
+        return cls(
+            float(weight_sq),
+            float(update_sq),
+            int(flips),
+            int(zeros),
+            None if feedback_dot is None else float(feedback_dot),
+            None if feedback_sq is None else float(feedback_sq),
+        )
+
 
 def weight_step(
     before: torch.Tensor, after: torch.Tensor, feedback: torch.Tensor | None = None
@@ -39,15 +53,7 @@ def weight_step(
         values = _cpu_sweep(arrays[0], arrays[1], arrays[2] if feedback is not None else None)
     else:
         values = _torch(before, after, feedback)
-    weight_sq, update_sq, flips, zeros, feedback_dot, feedback_sq = values
-    return WeightStep(
-        float(weight_sq),
-        float(update_sq),
-        int(flips),
-        int(zeros),
-        None if feedback_dot is None else float(feedback_dot),
-        None if feedback_sq is None else float(feedback_sq),
-    )
+    return WeightStep.from_sums(values)
 
 
 def _sweepable(t: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -463,11 +463,14 @@ def signal_runs(tmp_path_factory):
     """Runs signalled at their moments, each by its own thread (started at once)."""
     where = tmp_path_factory.mktemp("signals")
     rng = rng_for("signals")
-    plans = {  # when, delay before the first signal, the signal, gap to a second one
-        "sigterm": (rng.randint(1, 24), rng.uniform(0, 0.3), signal.SIGTERM, None),
+    # when, delay before the first signal, the signal, gap to a second one; at most 12 steps
+    # (one epoch: that is committed) and 0.2 s, so that the signal lands before the last of
+    # the 48 steps left (about 0.5 s on a quiet machine), not while the store closes
+    plans = {
+        "sigterm": (rng.randint(1, 12), rng.uniform(0, 0.2), signal.SIGTERM, None),
         "sigint-twice": (
-            rng.randint(1, 24),
-            rng.uniform(0, 0.3),
+            rng.randint(1, 12),
+            rng.uniform(0, 0.2),
             signal.SIGINT,
             rng.uniform(0, 0.02),
         ),

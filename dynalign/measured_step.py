@@ -1,0 +1,172 @@
+"""The optimiser's step with the weight sweep in the same pass over memory.
+
+A probe step needs, for every weight tensor, the reductions of ``dynalign.weight_step`` over W
+before and after the step (and B). Done around torch's step, that takes a copy of W before it
+(W read, the copy written) and a sweep after it (W, the copy and B read), on top of the step's
+own pass (W, the velocity and the gradient read, W and the velocity written): for a 3×512 net
+on 3072 inputs some 45 MB of extra traffic a step, as much time as the step itself. For SGD on
+the CPU a compiled loop (``dynalign.kernels.sgd_sweep``) does the update and the sums in one
+pass, from values it holds in registers anyway; it is faster than torch's step alone.
+
+The update is torch's, operation for operation, so W and the velocity come out bitwise as
+torch's ``SGD.step`` leaves them: trajectories do not depend on which steps are probed. That
+rests on how torch's CPU kernels round (fused multiply-adds where the CPU has them), so it is
+checked once per process and dtype against torch's own step, and where they differ the trainer
+copies W and steps as before. Anything else also takes that way: Adam, Nesterov, dampening, a
+device other than the CPU, a weight without its velocity yet (SGD creates it on the first
+step), or a sign constraint (it changes W after the step; the trainer decides). A rule's
+``after_step`` changes B, never W, so W measured here is W as the probes see it; a B the rule
+renews after the step is measured then (``with_feedback``: one pass over W and B).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .weight_step import WeightStep, weight_step
+
+
+def measured_step(
+    optimizer: torch.optim.Optimizer,
+    weights: list[torch.Tensor],
+    feedback: list[torch.Tensor | None],
+) -> list[WeightStep] | None:
+    """Take ``optimizer.step()`` and return each weight's ``WeightStep``, measured in the
+    update's pass; B from ``feedback`` (None: no B, or a B that is not W's shape, or one the
+    rule renews after the step: ``with_feedback`` adds it later). Returns None without
+    stepping where this cannot be done; the caller then copies W and steps."""
+    groups = _groups(optimizer, weights)
+    if groups is None or not all(
+        _fits(optimizer, w, b, g) for w, b, g in zip(weights, feedback, groups, strict=True)
+    ):
+        return None
+    grads = [w.grad for w in weights]
+    try:
+        for w in weights:  # torch's step skips them: the loop below updates them
+            w.grad = None
+        optimizer.step()  # every other parameter: biases, batch norm
+    finally:
+        for w, grad in zip(weights, grads, strict=True):
+            w.grad = grad
+    return [_step(optimizer, w, b, g) for w, b, g in zip(weights, feedback, groups, strict=True)]
+
+
+def with_feedback(stats: WeightStep, weight: torch.Tensor, feedback: torch.Tensor) -> WeightStep:
+    """``stats`` measured without B, with ⟨W, B⟩ and |B|² of B as it is now (a rule that renews
+    B after the step)."""
+    now = weight_step(weight, weight, feedback)
+    return dataclasses.replace(stats, feedback_dot=now.feedback_dot, feedback_sq=now.feedback_sq)
+
+
+def _groups(optimizer, weights) -> list[dict | None] | None:
+    """Each weight's parameter group (None: the optimiser does not train it), or None if the
+    optimiser is not plain SGD."""
+    if type(optimizer) is not torch.optim.SGD:
+        return None
+    owner = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    groups = [owner.get(id(w)) for w in weights]
+    for group in filter(None, groups):
+        if (
+            group["nesterov"]
+            or group["dampening"] != 0
+            or group["maximize"]
+            or group.get("differentiable")
+            or group.get("foreach")
+            or group.get("fused")
+            or isinstance(group["lr"], torch.Tensor)
+        ):
+            return None
+    return groups
+
+
+def _fits(optimizer, weight, feedback, group) -> bool:
+    """Whether the compiled loop can step (or, untrained, measure) this weight."""
+    tensors = [weight]
+    if group is not None and weight.grad is not None:
+        tensors.append(weight.grad)
+        if group["momentum"] != 0:
+            velocity = optimizer.state.get(weight, {}).get("momentum_buffer")
+            if velocity is None:  # the first step creates it
+                return False
+            tensors.append(velocity)
+    if feedback is not None:
+        tensors.append(feedback)
+    return (
+        weight.dtype in (torch.float32, torch.float64)
+        and all(
+            t.device.type == "cpu"
+            and t.dtype == weight.dtype
+            and t.layout == torch.strided
+            and t.is_contiguous()
+            and t.shape == weight.shape
+            for t in tensors
+        )
+        and _agrees_with_torch(weight.dtype)
+    )
+
+
+def _step(optimizer, weight, feedback, group) -> WeightStep:
+    if group is None or weight.grad is None:  # not trained on this step: W stays as it is
+        return weight_step(weight, weight, feedback)
+    from . import kernels  # imports numba: on first use, not at the CLI's start
+
+    kind = np.float64 if weight.dtype == torch.float64 else np.float32
+    velocity = None
+    if group["momentum"] != 0:
+        velocity = optimizer.state[weight]["momentum_buffer"]
+    w = weight.detach()
+    values = kernels.sgd_sweep(
+        w.numpy().reshape(-1),
+        None if velocity is None else velocity.numpy().reshape(-1),
+        weight.grad.numpy().reshape(-1),
+        None if feedback is None else feedback.numpy().reshape(-1),
+        kind(group["lr"]),
+        kind(group["momentum"]),
+        kind(group["weight_decay"]),
+        torch.get_num_threads(),
+    )
+    # written through numpy: tell autograd that they changed, as torch's in-place step does
+    torch.autograd.graph.increment_version(w)
+    if velocity is not None:
+        torch.autograd.graph.increment_version(velocity)
+    return WeightStep.from_sums(values if feedback is not None else (*values[:4], None, None))
+
+
+_AGREES: dict[torch.dtype, bool] = {}
+
+
+def _agrees_with_torch(dtype: torch.dtype) -> bool:
+    """Whether the compiled update leaves W and the velocity bitwise as torch's SGD does, on
+    this machine and in this dtype: three steps of a tensor with full vectors and a tail, with
+    and without momentum and weight decay, from the same state."""
+    if dtype not in _AGREES:
+        from . import kernels
+
+        kind = np.float64 if dtype == torch.float64 else np.float32
+        g = torch.Generator().manual_seed(0)
+        agrees = True
+        for momentum, decay in ((0.9, 0.01), (0.0, 0.01), (0.9, 0.0)):
+            start = torch.randn(3 * 64 + 5, generator=g, dtype=dtype)
+            param = torch.nn.Parameter(start.clone())
+            sgd = torch.optim.SGD([param], lr=0.1, momentum=momentum, weight_decay=decay)
+            param.grad = torch.randn(start.shape, generator=g, dtype=dtype)
+            sgd.step()  # creates the velocity
+            weight = param.detach().clone()
+            velocity = sgd.state[param].get("momentum_buffer")
+            velocity = None if velocity is None else velocity.clone()
+            for _ in range(3):
+                grad = torch.randn(start.shape, generator=g, dtype=dtype)
+                param.grad = grad.clone()
+                sgd.step()
+                kernels.sgd_sweep(
+                    weight.numpy(), None if velocity is None else velocity.numpy(),
+                    grad.numpy(), None, kind(0.1), kind(momentum), kind(decay), 1,
+                )  # fmt: skip
+            agrees &= torch.equal(weight, param.detach())
+            if velocity is not None:
+                agrees &= torch.equal(velocity, sgd.state[param]["momentum_buffer"])
+        _AGREES[dtype] = bool(agrees)
+    return _AGREES[dtype]
