@@ -1,6 +1,7 @@
-"""Compiled loops (numba) of the probes on large tensors, on one thread or on torch's threads:
-the weight sweep of ``dynalign.weight_step``, the same sweep inside SGD's update
-(``dynalign.measured_step``) and the two passes of ``dynalign.angles.angle``.
+"""Compiled loops (numba) over large tensors, on one thread or on torch's threads: the weight
+sweep of ``dynalign.weight_step``, the same sweep inside SGD's update (``dynalign.measured_step``,
+which can also write a rule's renewed B, ``dynalign.renewal``), B's renewal on its own, and the
+two passes of ``dynalign.angles.angle``.
 
 The vectors are cut into fixed blocks of ``BLOCK`` elements; each block writes one row of
 float64 partial sums, and the rows are added in block order, so the values do not depend on
@@ -21,13 +22,19 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
+from .sign_concordant import M1, M2
 from .weight_step import PARALLEL_FROM
 
 #: elements per block: large enough to stream at full speed, small enough that the blocks
 #: spread evenly over the threads; the counts of a block are exact in float32 (below 2²⁴)
 BLOCK = 16384
 
+#: ``renew`` arguments of the loops for no B to write: out, magnitude, keys, scale, step,
+#: offset, alpha (see ``_renewed``)
+NO_RENEWAL = (None, None, None, 0.0, 0.0, None, 0.0)
+
 _jit = {"cache": True, "nogil": True, "fastmath": {"reassoc"}}
+_U = np.uint32
 
 
 def blocks(n: int) -> int:
@@ -60,14 +67,26 @@ def sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None, th
     return _run((_sweep_serial, _sweep_parallel), after.size, 6, threads, before, after, feedback)
 
 
-def sgd_sweep(weight, velocity, grad, feedback, lr, momentum, decay, threads: int):
+def sgd_sweep(
+    weight, velocity, grad, feedback, lr, momentum, decay, threads: int, renew=NO_RENEWAL,
+    measure: bool = True,
+):  # fmt: skip
     """SGD's step of one weight tensor, in place, and the six sums of ``sweep`` over W before
     and after it (and B), in one pass. ``velocity`` None: SGD without momentum. ``lr``,
-    ``momentum`` and ``decay`` in the weights' dtype (see ``_sgd_block``)."""
+    ``momentum`` and ``decay`` in the weights' dtype (see ``_sgd_block``). ``renew``: B written
+    from W after the step in the same pass (``Renewal.kernel_args``), the B of the sums then;
+    ``feedback`` must be None with it. ``measure`` False: the step alone, no sums (an empty
+    array): where the tensors are still in cache from the backward pass, the sums' float64
+    arithmetic, not memory, would set the pace."""
     return _run(
-        (_sgd_serial, _sgd_parallel), weight.size, 6, threads,
-        weight, velocity, grad, feedback, lr, momentum, decay,
+        (_sgd_serial, _sgd_parallel), weight.size, 6 if measure else 0, threads,
+        weight, velocity, grad, feedback, lr, momentum, decay, *renew,
     )  # fmt: skip
+
+
+def renew(weight, threads: int, renew) -> None:
+    """B written from W as ``renew`` (``Renewal.kernel_args``) says, in one pass."""
+    _run((_renew_serial, _renew_parallel), weight.size, 0, threads, weight, *renew)
 
 
 def squared_norms(a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
@@ -150,46 +169,155 @@ def _fma(typingctx, a, b, c):
 
 
 @numba.njit(inline="always", **_jit)
-def _sgd_block(weight, velocity, grad, feedback, lr, momentum, decay, partial, k) -> None:
+def _sgd_block(
+    weight, velocity, grad, feedback, lr, momentum, decay,
+    out, magnitude, keys, scale, step_, offset, alpha, partial, k,
+) -> None:  # fmt: skip
     """SGD's update of block k, in the operations of torch's ``_single_tensor_sgd`` on the CPU,
     and the sums of ``_sweep_block`` over W before and after it. torch's steps are
     ``g = grad.add(w, alpha=decay)`` (skipped at decay 0), ``v.mul_(momentum).add_(g)``,
     ``w.add_(v, alpha=-lr)``; its vectorised add with alpha is a fused multiply-add, its
     multiplication by a scalar a plain one, so here: g = fma(w, decay, grad), v = v·m + g
     (an add after a rounded product: reassoc does not contract them), w = fma(v, -lr, w).
-    ``dynalign.measured_step`` checks the result against torch's before using it."""
+    ``dynalign.measured_step`` checks the result against torch's before using it. With
+    ``out``, B is renewed from the new W (``_renewed``) and summed as the B of the sums."""
     lo = k * BLOCK
     hi = min(lo + BLOCK, weight.size)
     w, g = weight[lo:hi], grad[lo:hi]  # see _norms_block
     v, fb = _block_of(velocity, lo, hi), _block_of(feedback, lo, hi)
+    o, m, d = _block_of(out, lo, hi), _block_of(magnitude, lo, hi), _block_of(offset, lo, hi)
+    if partial.shape[1] == 0:  # no sums wanted: the update (and B) alone, lighter on the core
+        for i in range(w.size):
+            after = _sgd_update(w, v, g, velocity, lr, momentum, decay, i)
+            if out is not None:
+                o[i] = _renewed(after, lo + i, m, keys, scale, step_, d, alpha, i)
+        return
     one, nought = np.float32(1), np.float32(0)
     flips = zeros = nought
     sums = (0.0, 0.0, 0.0, 0.0)
     for i in range(w.size):
         before = w[i]
-        step = g[i] if decay == 0 else _fma(before, decay, g[i])
-        if velocity is not None:  # (numba drops the branch for an argument None)
-            step = v[i] * momentum + step
-            v[i] = step
-        after = _fma(step, -lr, before)
-        w[i] = after
+        after = _sgd_update(w, v, g, velocity, lr, momentum, decay, i)
         flips += one if ((before > 0) & (after < 0)) | ((before < 0) & (after > 0)) else nought
         zeros += one if after == 0 else nought
-        sums = _add_sums(sums, after, before, fb, i)
+        if out is not None:
+            o[i] = _renewed(after, lo + i, m, keys, scale, step_, d, alpha, i)
+            sums = _add_sums(sums, after, before, o, i)
+        else:
+            sums = _add_sums(sums, after, before, fb, i)
     partial[k, 0], partial[k, 1], partial[k, 2] = sums[0], sums[1], flips
     partial[k, 3], partial[k, 4], partial[k, 5] = zeros, sums[2], sums[3]
 
 
+@numba.njit(inline="always", **_jit)
+def _sgd_update(w, v, g, velocity, lr, momentum, decay, i):
+    """Weight i's SGD update in place (and its velocity's, with momentum); the new weight."""
+    before = w[i]
+    step = g[i] if decay == 0 else _fma(before, decay, g[i])
+    if velocity is not None:  # (numba drops the branch for an argument None)
+        step = v[i] * momentum + step
+        v[i] = step
+    after = _fma(step, -lr, before)
+    w[i] = after
+    return after
+
+
 @numba.njit(**_jit)
-def _sgd_serial(weight, velocity, grad, feedback, lr, momentum, decay, partial) -> None:
+def _sgd_serial(
+    weight, velocity, grad, feedback, lr, momentum, decay,
+    out, magnitude, keys, scale, step, offset, alpha, partial,
+) -> None:  # fmt: skip
     for k in range(partial.shape[0]):
-        _sgd_block(weight, velocity, grad, feedback, lr, momentum, decay, partial, k)
+        _sgd_block(
+            weight, velocity, grad, feedback, lr, momentum, decay,
+            out, magnitude, keys, scale, step, offset, alpha, partial, k,
+        )  # fmt: skip
 
 
 @numba.njit(parallel=True, **_jit)
-def _sgd_parallel(weight, velocity, grad, feedback, lr, momentum, decay, partial) -> None:
+def _sgd_parallel(
+    weight, velocity, grad, feedback, lr, momentum, decay,
+    out, magnitude, keys, scale, step, offset, alpha, partial,
+) -> None:  # fmt: skip
     for k in prange(partial.shape[0]):
-        _sgd_block(weight, velocity, grad, feedback, lr, momentum, decay, partial, k)
+        _sgd_block(
+            weight, velocity, grad, feedback, lr, momentum, decay,
+            out, magnitude, keys, scale, step, offset, alpha, partial, k,
+        )  # fmt: skip
+
+
+def _renewed(after, index, magnitude, keys, scale, step, offset, alpha, i):
+    """B's element from W's, as a ``dynalign.renewal.Renewal`` says (chosen by which arguments
+    are None, at compile time): W + alpha·offset (Kolen-Pollack), else magnitude·sign(W) with
+    the magnitude a tensor's element (frsf), the hashed uniform number of element ``index``
+    times ``scale`` (brsf) or ``scale`` itself (usf)."""
+
+
+@overload(_renewed)
+def _renewed_compiled(after, index, magnitude, keys, scale, step, offset, alpha, i):
+    if not isinstance(offset, types.NoneType):
+        return lambda after, index, magnitude, keys, scale, step, offset, alpha, i: _fma(
+            offset[i], alpha, after
+        )
+    if not isinstance(magnitude, types.NoneType):
+        return lambda after, index, magnitude, keys, scale, step, offset, alpha, i: _signed(
+            after, magnitude[i]
+        )
+    if not isinstance(keys, types.NoneType):
+        return lambda after, index, magnitude, keys, scale, step, offset, alpha, i: _signed(
+            after, _hashed(index, keys[0], keys[1], step, scale)
+        )
+    return lambda after, index, magnitude, keys, scale, step, offset, alpha, i: _signed(
+        after, scale
+    )
+
+
+@numba.njit(**_jit)
+def _signed(x, v):
+    """v·sign(x): x·v where x is 0 (or NaN), so zeros and NaN carry over as torch's do."""
+    return v if x > 0 else (-v if x < 0 else x * v)
+
+
+@numba.njit(inline="always", **_jit)
+def _mix(x):
+    """The finaliser of ``dynalign.sign_concordant``'s hash, in uint32."""
+    x = _U(x ^ (x >> _U(16)))
+    x = _U(x * _U(M1))
+    x = _U(x ^ (x >> _U(15)))
+    x = _U(x * _U(M2))
+    return _U(x ^ (x >> _U(16)))
+
+
+@numba.njit(inline="always", **_jit)
+def _hashed(i, a, kb, step, bound):
+    """Element i's u·bound: 24 bits are exact in float32, converted through int32 (one
+    instruction), then scaled in the type of ``step`` and ``bound`` (the weights'). u·step is
+    exact (step a power of two), so reassoc's freedom to multiply step·bound first cannot
+    change the one rounding."""
+    h = _mix(_U(_U(_U(i) * a) + kb))
+    return np.float32(np.int32(h >> _U(8))) * step * bound
+
+
+@numba.njit(inline="always", **_jit)
+def _renew_block(weight, out, magnitude, keys, scale, step, offset, alpha, k) -> None:
+    lo = k * BLOCK
+    hi = min(lo + BLOCK, weight.size)
+    w, o = weight[lo:hi], out[lo:hi]  # see _norms_block
+    m, d = _block_of(magnitude, lo, hi), _block_of(offset, lo, hi)
+    for i in range(w.size):
+        o[i] = _renewed(w[i], lo + i, m, keys, scale, step, d, alpha, i)
+
+
+@numba.njit(**_jit)
+def _renew_serial(weight, out, magnitude, keys, scale, step, offset, alpha, partial) -> None:
+    for k in range(partial.shape[0]):
+        _renew_block(weight, out, magnitude, keys, scale, step, offset, alpha, k)
+
+
+@numba.njit(parallel=True, **_jit)
+def _renew_parallel(weight, out, magnitude, keys, scale, step, offset, alpha, partial) -> None:
+    for k in prange(partial.shape[0]):
+        _renew_block(weight, out, magnitude, keys, scale, step, offset, alpha, k)
 
 
 @numba.njit(inline="always", **_jit)

@@ -14,9 +14,12 @@ rests on how torch's CPU kernels round (fused multiply-adds where the CPU has th
 checked once per process and dtype against torch's own step, and where they differ the trainer
 copies W and steps as before. Anything else also takes that way: Adam, Nesterov, dampening, a
 device other than the CPU, a weight without its velocity yet (SGD creates it on the first
-step), or a sign constraint (it changes W after the step; the trainer decides). A rule's
-``after_step`` changes B, never W, so W measured here is W as the probes see it; a B the rule
-renews after the step is measured then (``with_feedback``: one pass over W and B).
+step), or a sign constraint (it changes W after the step; the trainer decides). A rule changes
+B, never W, so W measured here is W as the probes see it. A B the rule renews from W element by
+element (sign symmetry, Kolen-Pollack: ``dynalign.renewal``) is written in this pass too, and
+measured as written; the loop then runs on every step, probed or not, since it spares the
+renewal's own pass over W. A B renewed otherwise (weight mirror) is measured after the rule's
+``after_step`` (``with_feedback``: one pass over W and B).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from .renewal import Renewal
 from .weight_step import WeightStep, weight_step
 
 
@@ -33,14 +37,20 @@ def measured_step(
     optimizer: torch.optim.Optimizer,
     weights: list[torch.Tensor],
     feedback: list[torch.Tensor | None],
-) -> list[WeightStep] | None:
+    renewals: list[Renewal] | None = None,
+    measure: bool = True,
+) -> list[WeightStep | None] | None:
     """Take ``optimizer.step()`` and return each weight's ``WeightStep``, measured in the
     update's pass; B from ``feedback`` (None: no B, or a B that is not W's shape, or one the
-    rule renews after the step: ``with_feedback`` adds it later). Returns None without
-    stepping where this cannot be done; the caller then copies W and steps."""
+    rule renews after the step). ``renewals``: each B after the step as a function of W,
+    written in the same pass and measured as B (``dynalign.renewal``). ``measure`` False: the
+    step (and renewals) alone, each weight's entry None. Returns None without stepping (or
+    renewing) where this cannot be done; the caller then steps as before."""
+    renewals = renewals or [None] * len(weights)
     groups = _groups(optimizer, weights)
     if groups is None or not all(
-        _fits(optimizer, w, b, g) for w, b, g in zip(weights, feedback, groups, strict=True)
+        _fits(optimizer, w, b, g, r)
+        for w, b, g, r in zip(weights, feedback, groups, renewals, strict=True)
     ):
         return None
     grads = [w.grad for w in weights]
@@ -51,7 +61,10 @@ def measured_step(
     finally:
         for w, grad in zip(weights, grads, strict=True):
             w.grad = grad
-    return [_step(optimizer, w, b, g) for w, b, g in zip(weights, feedback, groups, strict=True)]
+    return [
+        _step(optimizer, *args, measure)
+        for args in zip(weights, feedback, groups, renewals, strict=True)
+    ]
 
 
 def with_feedback(stats: WeightStep, weight: torch.Tensor, feedback: torch.Tensor) -> WeightStep:
@@ -82,7 +95,7 @@ def _groups(optimizer, weights) -> list[dict | None] | None:
     return groups
 
 
-def _fits(optimizer, weight, feedback, group) -> bool:
+def _fits(optimizer, weight, feedback, group, renewal) -> bool:
     """Whether the compiled loop can step (or, untrained, measure) this weight."""
     tensors = [weight]
     if group is not None and weight.grad is not None:
@@ -94,6 +107,10 @@ def _fits(optimizer, weight, feedback, group) -> bool:
             tensors.append(velocity)
     if feedback is not None:
         tensors.append(feedback)
+    if renewal is not None:
+        renewal.check(weight)
+        if feedback is not None or not renewal.compiled(weight):
+            return False
     return (
         weight.dtype in (torch.float32, torch.float64)
         and all(
@@ -108,9 +125,12 @@ def _fits(optimizer, weight, feedback, group) -> bool:
     )
 
 
-def _step(optimizer, weight, feedback, group) -> WeightStep:
+def _step(optimizer, weight, feedback, group, renewal, measure) -> WeightStep | None:
     if group is None or weight.grad is None:  # not trained on this step: W stays as it is
-        return weight_step(weight, weight, feedback)
+        if renewal is not None:
+            renewal.apply(weight.detach())
+            feedback = renewal.feedback
+        return weight_step(weight, weight, feedback) if measure else None
     from . import kernels  # imports numba: on first use, not at the CLI's start
 
     kind = np.float64 if weight.dtype == torch.float64 else np.float32
@@ -127,12 +147,18 @@ def _step(optimizer, weight, feedback, group) -> WeightStep:
         kind(group["momentum"]),
         kind(group["weight_decay"]),
         torch.get_num_threads(),
+        kernels.NO_RENEWAL if renewal is None else renewal.kernel_args(),
+        measure,
     )
     # written through numpy: tell autograd that they changed, as torch's in-place step does
     torch.autograd.graph.increment_version(w)
     if velocity is not None:
         torch.autograd.graph.increment_version(velocity)
-    return WeightStep.from_sums(values if feedback is not None else (*values[:4], None, None))
+    if not measure:
+        return None
+    if feedback is None and renewal is None:
+        values = (*values[:4], None, None)
+    return WeightStep.from_sums(values)
 
 
 _AGREES: dict[torch.dtype, bool] = {}

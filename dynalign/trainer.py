@@ -25,6 +25,7 @@ from .measured_step import measured_step
 from .models import Network
 from .probes import StepContext
 from .recorder import CAPTURE, Recorder
+from .renewal import renew
 from .rules import Rule
 from .store import RunWriter
 from .weight_step import host_floats
@@ -154,15 +155,28 @@ class Trainer:
         if self.config.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         before = measured = None
-        if "weights_before" in needs and self.constraint is None:  # a constraint changes W after
-            measured = measured_step(self.optimizer, weights, self._fixed_feedback(layers))
+        renewals = self.rule.renewals(self.layers, self.optimizer)
+        if self.constraint is None:  # a constraint changes W after the step
+            # one pass writes W (and a renewed B) and measures them, faster than torch's step
+            measured = measured_step(
+                self.optimizer,
+                weights,
+                self._fixed_feedback(layers),
+                renewals,
+                measure="weights_before" in needs,
+            )
         if measured is None:
             before = self._copy_weights(weights) if "weights_before" in needs else None
             self.optimizer.step()
         counts = None
         if self.constraint is not None:
             counts = self.constraint.project(self.optimizer)
-        self.rule.after_step(self.layers, self.optimizer)
+        if renewals is None:
+            self.rule.after_step(self.layers, self.optimizer)
+        elif measured is None:
+            renew(renewals, weights)
+        if "weights_before" not in needs:
+            measured = None  # stepped, not measured: no probe reads it on this step
 
         ctx = StepContext(
             step=self.step,

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from dynalign import schema
 from dynalign.config import Config, apply
@@ -321,3 +322,18 @@ def rise_then_fall(
 def config_json(tree: xr.DataTree) -> dict[str, Any]:
     """The run's config as a nested dict (convenience for tests)."""
     return json.loads(tree.attrs["config"])
+
+
+def store_arrays(path) -> dict[str, np.ndarray]:
+    """Every array of a store but the writer's private checkpoints, by path."""
+    found: dict[str, np.ndarray] = {}
+
+    def walk(group: zarr.Group, where: str) -> None:
+        for name, array in group.arrays():
+            found[where + name] = array[...]
+        for name, child in group.groups():
+            if not (where == "" and name == "checkpoint"):
+                walk(child, f"{where}{name}/")
+
+    walk(zarr.open_group(str(path), mode="r"), "")
+    return found

@@ -29,8 +29,9 @@ def _float64_sums(before, after, feedback):
 @pytest.mark.parametrize("n,threads", [(3 * 64 + 5, 1), (PARALLEL_FROM + kernels.BLOCK // 3, 2)])
 def test_sgd_sweep_steps_as_torchs_sgd_and_sums_in_float64(dtype, momentum, decay, n, threads):
     """Three steps of the compiled update against torch's SGD from the same state (a tail that
-    fills no vector, several blocks on two threads): bitwise the same W and velocity; the sums
-    over W before and after (zeros, flips, a weight at zero that moves) as in float64."""
+    fills no vector, several blocks on two threads): bitwise the same W and velocity, with its
+    sums or without; the sums over W before and after (zeros, flips, a weight at zero that
+    moves) as in float64."""
     g = torch.Generator().manual_seed(n)
     param = torch.nn.Parameter(torch.randn(n, generator=g, dtype=dtype))
     with torch.no_grad():
@@ -42,6 +43,7 @@ def test_sgd_sweep_steps_as_torchs_sgd_and_sums_in_float64(dtype, momentum, deca
     velocity = sgd.state[param].get("momentum_buffer")
     velocity = None if velocity is None else velocity.clone()
     feedback = torch.randn(n, generator=g, dtype=dtype)
+    unmeasured = (weight.clone(), None if velocity is None else velocity.clone())
     kind = np.float64 if dtype == torch.float64 else np.float32
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -56,9 +58,16 @@ def test_sgd_sweep_steps_as_torchs_sgd_and_sums_in_float64(dtype, momentum, deca
                 weight.numpy(), None if velocity is None else velocity.numpy(), grad.numpy(),
                 feedback.numpy(), kind(0.05), kind(momentum), kind(decay), threads,
             )  # fmt: skip
+            nothing = kernels.sgd_sweep(
+                unmeasured[0].numpy(), None if velocity is None else unmeasured[1].numpy(),
+                grad.numpy(), None, kind(0.05), kind(momentum), kind(decay), threads,
+                measure=False,
+            )  # fmt: skip
+            assert nothing.size == 0 and torch.equal(unmeasured[0], weight)
             assert torch.equal(weight, param.detach())
             if velocity is not None:
                 assert torch.equal(velocity, sgd.state[param]["momentum_buffer"])
+                assert torch.equal(unmeasured[1], velocity)
             expected = _float64_sums(before, weight, feedback)
             assert sums[2] == expected[2] and sums[3] == expected[3]
             assert expected[2] > 0  # the steps are large enough to flip signs
@@ -162,7 +171,8 @@ def test_untrained_weights_are_measured_unchanged():
 
 @pytest.mark.parametrize("rule", ["fa", "usf"])
 def test_probing_every_step_does_not_change_the_trajectory(tmp_path, tiny_config, rule):
-    """Probed steps take the measured step, unprobed ones torch's: the same losses bitwise."""
+    """Probed steps take the measured step, unprobed ones the same compiled step without its
+    sums: the same losses bitwise."""
     from dynalign import open_run
     from dynalign.record import record
 

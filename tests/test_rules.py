@@ -25,6 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
+from synthetic_stores import store_arrays
 from torch import nn
 
 from dynalign import checkpoint, open_run
@@ -650,21 +651,6 @@ def unbroken(tmp_path_factory):
     return get
 
 
-def _arrays(path) -> dict[str, np.ndarray]:
-    """Every array of a store but the writer's private checkpoints, by path."""
-    found: dict[str, np.ndarray] = {}
-
-    def walk(group: zarr.Group, where: str) -> None:
-        for name, array in group.arrays():
-            found[where + name] = array[...]
-        for name, child in group.groups():
-            if not (where == "" and name == "checkpoint"):
-                walk(child, f"{where}{name}/")
-
-    walk(zarr.open_group(str(path), mode="r"), "")
-    return found
-
-
 def _kill_in_step(monkeypatch, step: int) -> None:
     """Interrupt the run inside step ``step`` (as a second Ctrl-C would): it goes back to its
     last checkpoint."""
@@ -702,7 +688,7 @@ def test_resume_equals_the_unbroken_run(rule, how, unbroken, tmp_path, monkeypat
     assert resume(broken, progress=False).status == "completed"
 
     reference = unbroken(rule)
-    mine, theirs = _arrays(broken), _arrays(reference)
+    mine, theirs = store_arrays(broken), store_arrays(reference)
     assert sorted(mine) == sorted(theirs)
     assert any(name.endswith("feedback") for name in theirs)
     for name, expected in theirs.items():
@@ -765,7 +751,7 @@ def test_a_fixed_b_skipped_in_a_reused_slot_resumes_exactly(tmp_path, monkeypatc
     for name, layer in feedback_layers(model).items():  # B as drawn at the start
         assert np.array_equal(arrays[f"model.{name}.feedback"], layer.feedback.numpy())
     assert resume(broken, progress=False).status == "completed"
-    mine, theirs = _arrays(broken), _arrays(unbroken)
+    mine, theirs = store_arrays(broken), store_arrays(unbroken)
     assert sorted(mine) == sorted(theirs)
     for name, expected in theirs.items():
         assert np.array_equal(mine[name], expected, equal_nan=expected.dtype.kind in "fc"), name
@@ -792,7 +778,7 @@ def test_a_snapshot_in_flight_at_a_checkpoint_is_taken_again_on_resume(
     assert info["step"] == 10 and info["last_snapshot"] == 5  # left out: in flight
     assert info["committed"]["snapshots"] == 2  # steps 0 and 5
     assert resume(broken, progress=False).status == "completed"
-    mine, theirs = _arrays(broken), _arrays(unbroken("fa"))
+    mine, theirs = store_arrays(broken), store_arrays(unbroken("fa"))
     assert sorted(mine) == sorted(theirs)
     for name, expected in theirs.items():
         assert np.array_equal(mine[name], expected, equal_nan=expected.dtype.kind in "fc"), name
@@ -832,7 +818,7 @@ def test_training_goes_on_while_a_checkpoint_is_written(unbroken, tmp_path, monk
     assert events.index(("step", 12)) < events.index(("written", 10))
     assert open_run(broken).attrs["checkpoint"]["step"] == 10
     assert resume(broken, progress=False).status == "completed"
-    mine, theirs = _arrays(broken), _arrays(unbroken("fa"))
+    mine, theirs = store_arrays(broken), store_arrays(unbroken("fa"))
     assert sorted(mine) == sorted(theirs)
     for name, expected in theirs.items():
         assert np.array_equal(mine[name], expected, equal_nan=expected.dtype.kind in "fc"), name
@@ -881,9 +867,9 @@ def test_a_resume_removes_the_files_a_killed_write_left_half_written(tmp_path, m
     for path in (*left, mine):
         path.write_bytes(b"{")
     with pytest.warns(UserWarning, match="not recognized as a component"):
-        _arrays(out)
+        store_arrays(out)
     assert resume(out, progress=False).status == "completed"
     assert not any(path.exists() for path in left) and mine.exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _arrays(out)
+        store_arrays(out)

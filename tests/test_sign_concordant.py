@@ -1,6 +1,6 @@
-"""Sign-concordant B in one pass: the compiled loops against torch's two-pass and integer
-paths, brsf's hash against its definition in plain Python ints, and the hashed numbers'
-distribution against U(0, 1)."""
+"""Sign-concordant B in one pass (``dynalign.renewal``): the compiled loops against torch's
+two-pass and integer paths, brsf's hash against its definition in plain Python ints, and the
+hashed numbers' distribution against U(0, 1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from dynalign.sign_concordant import hashed_uniform, signed_, signed_uniform_
+from dynalign.renewal import Renewal
+from dynalign.sign_concordant import hashed_uniform
 from dynalign.weight_step import PARALLEL_FROM
 
 
@@ -42,7 +43,7 @@ def test_compiled_loop_equals_torch_path(dtype, threads, torch_threads):
     w = torch.randn(PARALLEL_FROM + 1234, generator=g, dtype=dtype)
     w[::97] = 0
     out = torch.empty_like(w)
-    signed_uniform_(out, w, (7, 2**32 + 9), 0.3)  # keys are taken mod 2³²
+    Renewal(out, 0.3, (7, 2**32 + 9)).apply(w)  # keys are taken mod 2³²
     expected = hashed_uniform(w.numel(), 7, 9).to(dtype) * 0.3 * torch.sign(w)
     assert torch.equal(out, expected)
 
@@ -59,7 +60,7 @@ def test_fixed_magnitudes_equal_torchs_two_passes(kind, dtype, threads, torch_th
     w[3] = float("nan")
     m = 0.37 if kind == "constant" else torch.rand(w.shape, generator=g, dtype=dtype)
     out = torch.empty_like(w)
-    signed_(out, w, m)
+    Renewal(out, m).apply(w)
     assert torch.equal(out[4:], (torch.sign(w) * m)[4:])
     assert out[3].isnan() and out[0] == 0
 
@@ -70,13 +71,13 @@ def test_signs_and_bounds_and_the_uncompiled_path():
     w = torch.randn(300, 200, dtype=torch.float32)
     w[w.abs() < 0.1] = 0
     contiguous = torch.empty_like(w)
-    signed_uniform_(contiguous, w, (1, 2), 0.5)
+    Renewal(contiguous, 0.5, (1, 2)).apply(w)
     assert torch.equal(torch.sign(contiguous), torch.sign(w))
     assert contiguous.abs().max() < 0.5
     strided = torch.empty(200, 300).t()
-    signed_uniform_(strided, w, (1, 2), 0.5)
+    Renewal(strided, 0.5, (1, 2)).apply(w)
     assert torch.equal(strided, contiguous)
-    signed_(strided, w, 0.25)
+    Renewal(strided, 0.25).apply(w)
     assert torch.equal(strided, torch.sign(w) * 0.25)
 
 
@@ -112,19 +113,21 @@ def test_draws_are_no_shifted_copies_of_each_other():
 
 def test_bad_output_is_refused():
     w = torch.randn(4, 5)
-    with pytest.raises(ValueError, match="shape and dtype"):
-        signed_uniform_(torch.empty(5, 4), w, (1, 2), 1.0)
-    with pytest.raises(ValueError, match="shape and dtype"):
-        signed_uniform_(torch.empty(4, 5, dtype=torch.float64), w, (1, 2), 1.0)
-    with pytest.raises(ValueError, match="shape and dtype"):
-        signed_(torch.empty(5, 4), w, 1.0)
+    with pytest.raises(ValueError, match="weight's shape and dtype"):
+        Renewal(torch.empty(5, 4), 1.0, (1, 2)).apply(w)
+    with pytest.raises(ValueError, match="weight's shape and dtype"):
+        Renewal(torch.empty(4, 5, dtype=torch.float64), 1.0, (1, 2)).apply(w)
+    with pytest.raises(ValueError, match="weight's shape and dtype"):
+        Renewal(torch.empty(5, 4), 1.0).apply(w)
+    with pytest.raises(ValueError, match="weight's shape and dtype"):
+        Renewal(torch.empty(4, 5), offset=torch.empty(5, 4)).apply(w)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_draws_equal_cpu_draws():
     w = torch.randn(1000, 300)
     cpu = torch.empty_like(w)
-    signed_uniform_(cpu, w, (11, 12), 0.2)
+    Renewal(cpu, 0.2, (11, 12)).apply(w)
     gpu = torch.empty_like(w, device="cuda")
-    signed_uniform_(gpu, w.cuda(), (11, 12), 0.2)
+    Renewal(gpu, 0.2, (11, 12)).apply(w.cuda())
     assert torch.equal(gpu.cpu(), cpu)

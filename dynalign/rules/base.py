@@ -2,7 +2,8 @@
 
 A rule creates B (``attach``), keeps it consistent with W when something outside training
 changes W (``refresh``: a sign constraint set at construction), updates it after each optimiser
-step (``after_step``: sign symmetry, Kolen-Pollack, weight mirrors), names the parameters the
+step (``renewals``, B as an element-wise function of W that the optimiser's pass can write:
+sign symmetry, Kolen-Pollack; ``after_step`` otherwise: weight mirrors), names the parameters the
 optimiser trains (``trainable``: the head-only control) and hands over the random generators it
 draws from during training, so that checkpoints hold them. The trainer calls these and never
 names a rule. The weight update of every layer stays the local ``δᵀx``; what a rule decides is
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..config import Config, RuleConfig
 from ..feedback import FeedbackLayer, feedback_layers
+from ..renewal import Renewal, renew
 
 
 class Rule:
@@ -42,15 +44,31 @@ class Rule:
     def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
         """Make B agree with the current W again (W was changed outside an optimiser step)."""
 
+    def renewals(
+        self, layers: dict[str, FeedbackLayer], optimizer: torch.optim.Optimizer
+    ) -> list[Renewal] | None:
+        """Each layer's B after this step as an element-wise function of its W after it (in the
+        order of ``layers``), which the optimiser's pass can write (``dynalign.renewal``); None
+        where ``after_step`` renews B otherwise, or B stays. Advances what the rule draws or
+        counts per step (brsf's keys, Kolen-Pollack's decay): a step asks for these once, and
+        calls ``after_step`` only where there are none."""
+        return None
+
+    @torch.no_grad()
     def after_step(
         self, layers: dict[str, FeedbackLayer], optimizer: torch.optim.Optimizer
     ) -> None:
-        """Update B once the optimiser (and any sign constraint) has changed W."""
+        """Update B once the optimiser (and any sign constraint) has changed W: here, by
+        writing the renewals, if the rule has any."""
+        renewals = self.renewals(layers, optimizer)
+        if renewals is not None:
+            renew(renewals, (layer.weight for layer in layers.values()))
 
     def feedback_is_fixed(self) -> bool:
-        """B never changes during training: only ``after_step`` changes it then, and this rule
-        keeps the do-nothing one (a checkpoint writes such a B once per slot, not each time)."""
-        return type(self).after_step is Rule.after_step
+        """B never changes during training: only ``after_step`` and ``renewals`` change it
+        then, and this rule keeps the do-nothing ones (a checkpoint writes such a B once per
+        slot, not each time)."""
+        return type(self).after_step is Rule.after_step and type(self).renewals is Rule.renewals
 
     def trainable(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters the optimiser updates."""

@@ -1,16 +1,16 @@
-"""Kolen-Pollack (as in Akrout et al. 2019): B receives the same update as W, and both decay
-with the same weight decay, so their difference shrinks and B converges to W.
+"""Kolen-Pollack (as in Akrout et al. 2019): B receives the same update as W, and both decay with
+the same weight decay, so their difference shrinks and B converges to W.
 
 B is trained as W is, by the same optimiser step on the same gradient G, with its own weight
 decay: SGD's ΔB = -lr·v_B, v_B ← m·v_B + G + weight_decay·B. Only the difference D = B - W
-matters, since the G terms cancel: v_D ← m·v_D + weight_decay·D, D ← D - lr·v_D, then
-B = W + D. That recursion has the same two scalar coefficients for every weight, so from
-v_D = 0 it keeps D = α·D₀ and v_D = β·D₀: the rule keeps D₀ (B - W at the start) and the two
-numbers (α, β) in float64 buffers that checkpoints hold, and a step is one pass,
-B = W + α·D₀. Without momentum α shrinks by (1 - lr·weight_decay) a step; with momentum m
-about 1/(1 - m) times faster, as W's own decay does. Under Adam, whose per-weight scaling does
-not let the gradient terms cancel, α shrinks by (1 - lr·weight_decay) a step. A sign
-constraint clips W, not B.
+matters, since the G terms cancel: v_D ← m·v_D + weight_decay·D, D ← D - lr·v_D, then B = W + D.
+That recursion has the same two scalar coefficients for every weight, so from v_D = 0 it keeps D
+= α·D₀ and v_D = β·D₀: the rule keeps D₀ (B - W at the start) and the two numbers (α, β) in
+float64 buffers that checkpoints hold, and a step writes B = W + α·D₀ (in the optimiser's pass
+over W where it can: ``dynalign.renewal``). Without momentum α shrinks by (1 - lr·weight_decay)
+a step; with momentum m about 1/(1 - m) times faster, as W's own decay does. Under Adam, whose
+per-weight scaling does not let the gradient terms cancel, α shrinks by (1 - lr·weight_decay) a
+step. A sign constraint clips W, not B.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import Config
 from ..feedback import FeedbackLayer, feedback_layers
+from ..renewal import Renewal, renew
 from .base import param_group
 from .fa import FeedbackAlignment
 
@@ -45,14 +46,11 @@ class KolenPollack(FeedbackAlignment):
             scale = torch.tensor([1.0, 0.0], dtype=torch.float64)  # α, β: float64 at any W dtype
             layer.register_buffer("feedback_offset_scale", scale)
 
-    @torch.no_grad()
     def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
-        for layer in layers.values():
-            alpha = float(layer.feedback_offset_scale[0])
-            torch.add(layer.weight, layer.feedback_offset_start, alpha=alpha, out=layer.feedback)
+        renew(self._renewals(layers), (layer.weight for layer in layers.values()))
 
-    @torch.no_grad()
-    def after_step(self, layers, optimizer) -> None:
+    def renewals(self, layers, optimizer) -> list[Renewal]:
+        """B = W + α·D₀ with α advanced by this step's decay."""
         for layer in layers.values():
             group = param_group(optimizer, layer.weight)
             lr, decay = group["lr"], group.get("weight_decay", 0.0)
@@ -64,7 +62,18 @@ class KolenPollack(FeedbackAlignment):
             else:
                 alpha = alpha * (1.0 - lr * decay)
             layer.feedback_offset_scale.copy_(torch.tensor([alpha, beta], dtype=torch.float64))
-        self.refresh(layers)
+        return self._renewals(layers)
+
+    def _renewals(self, layers: dict[str, FeedbackLayer]) -> list[Renewal]:
+        """B = W + α·D₀ at the α the rule holds now."""
+        return [
+            Renewal(
+                layer.feedback,
+                offset=layer.feedback_offset_start,
+                alpha=float(layer.feedback_offset_scale[0]),
+            )
+            for layer in layers.values()
+        ]
 
 
 def offset(layer: FeedbackLayer) -> torch.Tensor:

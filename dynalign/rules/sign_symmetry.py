@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..feedback import FeedbackLayer, feedback_layers
+from ..renewal import Renewal
 from .base import Rule, random_like
 
 
@@ -35,15 +36,11 @@ class UniformSignFeedback(Rule):
         """|B| for the next B: one number per layer here, random in the variants below."""
         return layer.init_bound() * self.config.scale / 3**0.5
 
-    @torch.no_grad()
     def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
-        from ..sign_concordant import signed_
+        self.after_step(layers, None)  # the renewals, from W as it is now
 
-        for layer in layers.values():
-            signed_(layer.feedback, layer.weight.detach(), self._magnitude(layer))
-
-    def after_step(self, layers, optimizer) -> None:
-        self.refresh(layers)
+    def renewals(self, layers, optimizer) -> list[Renewal] | None:
+        return [Renewal(layer.feedback, self._magnitude(layer)) for layer in layers.values()]
 
 
 class FixedRandomSignFeedback(UniformSignFeedback):
@@ -76,22 +73,38 @@ class BatchRandomSignFeedback(UniformSignFeedback):
         super().__init__(config, seed)
         self.draws = torch.Generator().manual_seed(seed + 3)
 
+    def renewals(self, layers, optimizer) -> list[Renewal] | None:
+        """Uniform |M|: two fresh keys per layer (in layer order); normal: None, ``refresh``."""
+        if self.config.distribution != "uniform":
+            return None
+        return [
+            Renewal(
+                layer.feedback,
+                layer.init_bound() * self.config.scale,
+                tuple(torch.randint(0, 1 << 32, (2,), generator=self.draws).tolist()),
+            )
+            for layer in layers.values()
+        ]
+
     @torch.no_grad()
     def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
-        from ..sign_concordant import signed_uniform_
-
+        if self.config.distribution == "uniform":
+            super().refresh(layers)
+            return
         for layer in layers.values():
             b, w = layer.feedback, layer.weight.detach()
             bound = layer.init_bound() * self.config.scale
-            if self.config.distribution == "uniform":
-                keys = torch.randint(0, 1 << 32, (2,), generator=self.draws).tolist()
-                signed_uniform_(b, w, keys, bound)
-                continue
             drawn = b if b.device.type == "cpu" else torch.empty(b.shape, dtype=b.dtype)
             drawn.normal_(0.0, bound / 3**0.5, generator=self.draws).abs_()
             if drawn is not b:
                 b.copy_(drawn)
             b.mul_(torch.sign(w))
+
+    def after_step(self, layers, optimizer) -> None:
+        if self.config.distribution == "uniform":
+            super().after_step(layers, optimizer)
+        else:
+            self.refresh(layers)
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"draws": self.draws}

@@ -1,0 +1,126 @@
+"""B renewed from W element by element (``dynalign.renewal``): written inside SGD's compiled
+pass, it equals SGD's step followed by the renewal on its own, bitwise, and each kind equals its
+definition computed by torch; the sums of the pass measure the renewed B; a recorded run gives
+the same trajectory whether the renewal rides in the optimiser's pass or not."""
+
+import numpy as np
+import pytest
+import torch
+from synthetic_stores import store_arrays
+
+from dynalign import kernels
+from dynalign.renewal import Renewal
+from dynalign.sign_concordant import hashed_uniform
+from dynalign.weight_step import PARALLEL_FROM
+
+KINDS = ["usf", "frsf", "brsf", "kp"]
+
+
+def _renewal(kind: str, b: torch.Tensor, g: torch.Generator) -> Renewal:
+    if kind == "usf":
+        return Renewal(b, 0.043)
+    if kind == "frsf":
+        return Renewal(b, torch.rand(b.shape, generator=g, dtype=b.dtype))
+    if kind == "brsf":
+        return Renewal(b, 0.07, (2**32 + 5, 123456789))
+    return Renewal(b, offset=torch.randn(b.shape, generator=g, dtype=b.dtype), alpha=0.8125)
+
+
+def _definition(kind: str, renewal: Renewal, w: torch.Tensor) -> torch.Tensor:
+    """B from W by torch's operations: the independent statement of each recipe."""
+    if kind == "kp":
+        return torch.add(w, renewal.offset, alpha=renewal.alpha)
+    if kind == "brsf":
+        u = hashed_uniform(w.numel(), 5, 123456789).to(w.dtype)
+        return u * renewal.magnitude * torch.sign(w)
+    return torch.sign(w) * renewal.magnitude
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,threads", [(3 * 64 + 5, 1), (PARALLEL_FROM + kernels.BLOCK // 3, 2)])
+def test_renewal_in_the_step_equals_step_then_renewal(kind, dtype, n, threads, torch_threads):
+    """Three steps: W, the velocity and B bitwise as the update alone followed by the renewal
+    alone (and B as torch computes the recipe); the pass's ⟨W, B⟩ and |B|² are those of the
+    renewed B, in float64."""
+    torch_threads(threads)
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, generator=g, dtype=dtype)
+    w[:40] = 0.0  # zeros keep B at 0 (sign renewals) and stay put without gradient
+    v = torch.randn(n, generator=g, dtype=dtype)
+    v[:40] = 0.0
+    fused = (w.clone(), v.clone(), torch.zeros(n, dtype=dtype))
+    apart = (w.clone(), v.clone(), torch.zeros(n, dtype=dtype))
+    renewals = [_renewal(kind, b, torch.Generator().manual_seed(1)) for b in (fused[2], apart[2])]
+    kind_ = np.float64 if dtype == torch.float64 else np.float32
+    settings = (kind_(0.05), kind_(0.9), kind_(1e-3))
+    for _ in range(3):
+        grad = torch.randn(n, generator=g, dtype=dtype)
+        grad[:20] = 0.0
+        sums = kernels.sgd_sweep(
+            fused[0].numpy(), fused[1].numpy(), grad.numpy(), None, *settings, threads,
+            renewals[0].kernel_args(),
+        )  # fmt: skip
+        kernels.sgd_sweep(apart[0].numpy(), apart[1].numpy(), grad.numpy(), None, *settings, 1)
+        renewals[1].apply(apart[0])
+        for a, b in zip(fused, apart, strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(fused[2], _definition(kind, renewals[0], fused[0]))
+        b64, w64 = fused[2].double(), fused[0].double()
+        assert sums[4] == pytest.approx(float((w64 * b64).sum()), rel=1e-12)
+        assert sums[5] == pytest.approx(float((b64 * b64).sum()), rel=1e-12)
+    if kind != "kp":
+        assert (fused[2][:20] == 0).all() and (torch.sign(fused[2]) == torch.sign(fused[0])).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_path_gives_the_compiled_numbers(kind):
+    """A B the compiled loops do not take (not contiguous) is written by torch's operations,
+    with the same numbers: a run's B does not depend on its layout."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(300, 70, generator=g)
+    w[w.abs() < 0.05] = 0
+    compiled = _renewal(kind, torch.empty_like(w), torch.Generator().manual_seed(1))
+    strided = Renewal(torch.empty(70, 300).t(), compiled.magnitude, compiled.keys,
+                      compiled.offset, compiled.alpha)  # fmt: skip
+    assert compiled.compiled(w) and not strided.compiled(w)
+    compiled.apply(w)
+    strided.apply(w)
+    assert torch.equal(strided.feedback, compiled.feedback)
+
+
+def test_mismatched_recipes_are_refused():
+    w = torch.randn(4, 5)
+    with pytest.raises(ValueError, match="weight's shape and dtype"):
+        Renewal(torch.empty(4, 5), torch.rand(5, 4)).apply(w)
+    with pytest.raises(ValueError, match="weight's shape and dtype"):
+        Renewal(torch.empty(4, 5), offset=torch.zeros(4, 5, dtype=torch.float64)).apply(w)
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "frsf", "brsf", "kp"])
+def test_renewing_in_the_optimisers_pass_does_not_change_the_run(
+    tmp_path, tiny_config, rule, monkeypatch
+):
+    """A run whose steps write W (and a renewed B) in SGD's compiled pass, and the same run with
+    that pass declined (torch's step, then any renewal on its own), with and without probes:
+    the same losses, probe values and snapshots of W and B, bitwise; brsf's key stream
+    included; FA, whose B stays, takes the compiled step too."""
+    from dynalign.record import record
+
+    runs = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr("dynalign.trainer.measured_step", lambda *a, **k: None)
+        for every in (1, 0):
+            cfg = tiny_config(**{"rule.name": rule, "probes.every": every,
+                                 "train.weight_decay": 1e-3})  # fmt: skip
+            path = tmp_path / f"{fused}-{every}.zarr"
+            record(cfg, path, progress=False)
+            runs[fused, every] = store_arrays(path)
+    for every in (1, 0):
+        assert sorted(runs[True, every]) == sorted(runs[False, every])
+        for name, value in runs[True, every].items():
+            if name.startswith("steps/") or name.startswith("snapshots/"):
+                np.testing.assert_array_equal(value, runs[False, every][name], err_msg=name)
+    loss = "steps/loss"
+    np.testing.assert_array_equal(runs[True, 1][loss], runs[True, 0][loss])
