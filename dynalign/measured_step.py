@@ -167,7 +167,8 @@ _AGREES: dict[torch.dtype, bool] = {}
 def _agrees_with_torch(dtype: torch.dtype) -> bool:
     """Whether the compiled update leaves W and the velocity bitwise as torch's SGD does, on
     this machine and in this dtype: three steps of a tensor with full vectors and a tail, with
-    and without momentum and weight decay, from the same state."""
+    and without momentum and weight decay, from the same state, by the loop with its sums and
+    by the one without."""
     if dtype not in _AGREES:
         from . import kernels
 
@@ -180,19 +181,23 @@ def _agrees_with_torch(dtype: torch.dtype) -> bool:
             sgd = torch.optim.SGD([param], lr=0.1, momentum=momentum, weight_decay=decay)
             param.grad = torch.randn(start.shape, generator=g, dtype=dtype)
             sgd.step()  # creates the velocity
-            weight = param.detach().clone()
             velocity = sgd.state[param].get("momentum_buffer")
-            velocity = None if velocity is None else velocity.clone()
+            copies = {  # the loop with its sums and without them: two compiled loops
+                measure: (param.detach().clone(), None if velocity is None else velocity.clone())
+                for measure in (True, False)
+            }
             for _ in range(3):
                 grad = torch.randn(start.shape, generator=g, dtype=dtype)
                 param.grad = grad.clone()
                 sgd.step()
-                kernels.sgd_sweep(
-                    weight.numpy(), None if velocity is None else velocity.numpy(),
-                    grad.numpy(), None, kind(0.1), kind(momentum), kind(decay), 1,
-                )  # fmt: skip
-            agrees &= torch.equal(weight, param.detach())
-            if velocity is not None:
-                agrees &= torch.equal(velocity, sgd.state[param]["momentum_buffer"])
+                for measure, (w, v) in copies.items():
+                    kernels.sgd_sweep(
+                        w.numpy(), None if v is None else v.numpy(), grad.numpy(), None,
+                        kind(0.1), kind(momentum), kind(decay), 1, measure=measure,
+                    )  # fmt: skip
+            for w, v in copies.values():
+                agrees &= torch.equal(w, param.detach())
+                if v is not None:
+                    agrees &= torch.equal(v, sgd.state[param]["momentum_buffer"])
         _AGREES[dtype] = bool(agrees)
     return _AGREES[dtype]
