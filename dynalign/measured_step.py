@@ -1,5 +1,9 @@
 """The optimiser's step with the weight sweep in the same pass over memory.
 
+Every SGD step on the CPU takes the compiled update of this module: a probed one with the sums
+below, an unprobed one without them (there the tensors are still in cache from the backward
+pass, and the loop without its float64 arithmetic is faster than torch's step).
+
 A probe step needs, for every weight tensor, the reductions of ``dynalign.weight_step`` over W
 before and after the step (and B). Done around torch's step, that takes a copy of W before it
 (W read, the copy written) and a sweep after it (W, the copy and B read), on top of the step's
@@ -17,9 +21,9 @@ device other than the CPU, a weight without its velocity yet (SGD creates it on 
 step), or a sign constraint (it changes W after the step; the trainer decides). A rule changes
 B, never W, so W measured here is W as the probes see it. A B the rule renews from W element by
 element (sign symmetry, Kolen-Pollack: ``dynalign.renewal``) is written in this pass too, and
-measured as written; the loop then runs on every step, probed or not, since it spares the
-renewal's own pass over W. A B renewed otherwise (weight mirror) is measured after the rule's
-``after_step`` (``with_feedback``: one pass over W and B).
+measured as written, which spares the renewal a pass of its own over W. A B renewed otherwise
+(weight mirror) is measured after the rule's ``after_step`` (``with_feedback``: one pass over
+W and B).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sign-concordant feedback written in one pass: B = m·sign(W) (0 where W is 0), with m one number
+"""The numbers of sign-concordant feedback, B = m·sign(W) (0 where W is 0), with m one number
 (usf), a fixed tensor (frsf) or uniform random numbers drawn afresh (brsf).
 
 B is written by ``dynalign.renewal`` (in one compiled pass, or inside the optimiser's; the

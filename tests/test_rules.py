@@ -294,11 +294,14 @@ def _train(trainer: Trainer, steps: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("sign", ["none", "synapse"])
-@pytest.mark.parametrize("rule", SIGN_RULES)
+@pytest.mark.parametrize("rule", [*SIGN_RULES, "brsf-normal"])
 def test_sign_symmetry_holds_after_every_step(rule, sign):
     """sign(B) = sign(W) after every step (0 where Dale's law pinned W at 0); usf's |B| is one
-    number per layer, frsf's is its fixed M, brsf's is redrawn every step."""
-    trainer = _trainer(rule, **{"constraint.sign": sign})
+    number per layer, frsf's is its fixed M, brsf's is redrawn every step (from the hash, or
+    half-normal from torch's generator)."""
+    rule, _, distribution = rule.partition("-")
+    extra = {"rule.distribution": distribution} if distribution else {}
+    trainer = _trainer(rule, **{"constraint.sign": sign}, **extra)
     layers = trainer.layers
     fixed = {n: layer.feedback_magnitude.clone() for n, layer in layers.items() if rule == "frsf"}
 

@@ -74,7 +74,8 @@ class BatchRandomSignFeedback(UniformSignFeedback):
         self.draws = torch.Generator().manual_seed(seed + 3)
 
     def renewals(self, layers, optimizer) -> list[Renewal] | None:
-        """Uniform |M|: two fresh keys per layer (in layer order); normal: None, ``refresh``."""
+        """Uniform |M|: two fresh keys per layer (in layer order); normal: None (torch draws
+        |M| in ``after_step``)."""
         if self.config.distribution != "uniform":
             return None
         return [
@@ -87,9 +88,9 @@ class BatchRandomSignFeedback(UniformSignFeedback):
         ]
 
     @torch.no_grad()
-    def refresh(self, layers: dict[str, FeedbackLayer]) -> None:
+    def after_step(self, layers, optimizer) -> None:
         if self.config.distribution == "uniform":
-            super().refresh(layers)
+            super().after_step(layers, optimizer)  # the renewals
             return
         for layer in layers.values():
             b, w = layer.feedback, layer.weight.detach()
@@ -99,12 +100,6 @@ class BatchRandomSignFeedback(UniformSignFeedback):
             if drawn is not b:
                 b.copy_(drawn)
             b.mul_(torch.sign(w))
-
-    def after_step(self, layers, optimizer) -> None:
-        if self.config.distribution == "uniform":
-            super().after_step(layers, optimizer)
-        else:
-            self.refresh(layers)
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"draws": self.draws}
