@@ -21,11 +21,12 @@ linear read-out) on 3x32x32 images, batch 100, as ratios to its own plain-torch 
   (conv a) plain torch.nn.Conv2d/Linear, backprop
   (conv d) dynalign FA, every probe on every step, store written as in (d)
 Variants are timed in interleaved rounds and each reports its median time per step, so a
-machine that is busy for a while slows all of them alike. A round is 100 steps, the interval
-of (d)'s and (e)'s checkpoints and snapshots, so that every round of theirs holds one of each
-(in shorter rounds most medians would miss them). The cost of one checkpoint and of
-one commit of this net is timed on its own. Peak memory (max RSS of a fresh process) is then
-measured for runs that record 2,000 and 20,000 steps with every probe.
+machine that is busy for a while slows all of them alike; a recording variant's round ends when
+its background writes have, so that none of its work is timed in the next variant's round. A
+round is 100 steps, the interval of (d)'s and (e)'s checkpoints and snapshots, so that every
+round of theirs holds one of each (in shorter rounds most medians would miss them). The cost
+of one checkpoint and of one commit of this net is timed on its own. Peak memory (max RSS of a
+fresh process) is then measured for runs that record 2,000 and 20,000 steps with every probe.
 
 On a CUDA device (``--device cuda``) every variant runs there, each step ends with the loss
 read back (as a training loop that prints it does) and each round with a synchronisation, so
@@ -174,6 +175,8 @@ def dynalign_stepper(
         return loss
 
     step.trainer = trainer
+    if writer is not None:  # a round ends when its background writes have (see time_steps)
+        step.settle = writer.wait_for_writes
     return step, writer
 
 
@@ -192,10 +195,15 @@ def reference(name: str) -> str:
 
 
 def time_steps(step, batches, n: int) -> float:
+    """Seconds per step over ``n`` steps. A recording variant's time includes waiting for the
+    snapshot or checkpoint its background thread is still writing: left running, that work
+    would fall into the next variant's round and be charged there."""
     start = time.perf_counter()
     for i in range(n):
         x, y = batches[i % len(batches)]
         step(x, y)
+    if hasattr(step, "settle"):
+        step.settle()
     if DEVICE.type == "cuda":
         torch.cuda.synchronize(DEVICE)
     return (time.perf_counter() - start) / n

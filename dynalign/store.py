@@ -537,6 +537,12 @@ class RunWriter:
         if pending is not None:
             pending.result()
 
+    def wait_for_writes(self) -> None:
+        """Wait for the snapshot and the checkpoint being written in the background; a failed
+        snapshot is raised here as a StoreError, a failed checkpoint's OSError as it is."""
+        self._finish_snapshot()
+        self.finish_checkpoint()
+
     def reconstruction(self, step: int, values: np.ndarray) -> None:
         app = self.reconstructions
         i = app.row()
@@ -619,8 +625,7 @@ class RunWriter:
         assert status in STATUSES, status
         error = None
         try:
-            self._finish_snapshot()
-            self.finish_checkpoint()
+            self.wait_for_writes()
         except StoreError as err:
             error, status, message = err, "failed", str(err)
         except OSError as err:  # the checkpoint: the one before it stands
