@@ -1,8 +1,10 @@
 """The optimiser's step with the weight sweep in the same pass over memory.
 
-Every SGD step on the CPU takes the compiled update of this module: a probed one with the sums
-below, an unprobed one without them (there the tensors are still in cache from the backward
-pass, and the loop without its float64 arithmetic is faster than torch's step).
+Under SGD on the CPU a probed step takes the compiled update of this module with the sums
+below, and an unprobed step of a rule that renews B element by element takes it without them
+(it writes B in the same pass; the sums' float64 arithmetic, with the tensors still in cache
+from the backward pass, would set the loop's pace). Other unprobed steps take torch's step: side
+by side, the compiled update alone bought FA nothing on unprobed steps.
 
 A probe step needs, for every weight tensor, the reductions of ``dynalign.weight_step`` over W
 before and after the step (and B). Done around torch's step, that takes a copy of W before it

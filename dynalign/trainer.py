@@ -156,8 +156,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         before = measured = None
         renewals = self.rule.renewals(self.layers, self.optimizer)
-        if self.constraint is None:  # a constraint changes W after the step
-            # one pass writes W (and a renewed B) and measures them, faster than torch's step
+        if self.constraint is None and ("weights_before" in needs or renewals):
+            # one pass writes W (and a renewed B) and measures it; a constraint changes W after
             measured = measured_step(
                 self.optimizer,
                 weights,

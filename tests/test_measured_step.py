@@ -171,8 +171,8 @@ def test_untrained_weights_are_measured_unchanged():
 
 @pytest.mark.parametrize("rule", ["fa", "usf"])
 def test_probing_every_step_does_not_change_the_trajectory(tmp_path, tiny_config, rule):
-    """Probed steps take the measured step, unprobed ones the same compiled step without its
-    sums: the same losses bitwise."""
+    """Probed steps take the measured step, unprobed ones torch's (FA) or the same compiled
+    step without its sums (usf, which renews B in it): the same losses bitwise."""
     from dynalign import open_run
     from dynalign.record import record
 

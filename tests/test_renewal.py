@@ -104,7 +104,7 @@ def test_renewing_in_the_optimisers_pass_does_not_change_the_run(
     """A run whose steps write W (and a renewed B) in SGD's compiled pass, and the same run with
     that pass declined (torch's step, then any renewal on its own), with and without probes:
     the same losses, probe values and snapshots of W and B, bitwise; brsf's key stream
-    included; FA, whose B stays, takes the compiled step too."""
+    included; FA, whose B stays, takes the compiled step on probed steps."""
     from dynalign.record import record
 
     runs = {}
