@@ -35,6 +35,12 @@ class Renewal:
     offset: torch.Tensor | None = None
     alpha: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.offset is not None and (
+            self.keys is not None or isinstance(self.magnitude, torch.Tensor)
+        ):
+            raise ValueError("a renewal is W + alpha·offset or a signed magnitude, not both")
+
     def check(self, weight: torch.Tensor) -> None:
         """Refuse a B or a tensor of the recipe that does not match W."""
         tensors = [self.feedback, *self._tensors()]
@@ -60,12 +66,12 @@ class Renewal:
         magnitude = self.magnitude if isinstance(self.magnitude, torch.Tensor) else None
         scale = 0.0 if magnitude is not None else float(self.magnitude)
         keys = None
-        if self.keys is not None and self.offset is None:
-            ka, kb = (int(k) & 0xFFFFFFFF for k in self.keys)
+        if self.keys is not None:
+            ka, kb = self._keys()
             keys = (np.uint32(multiplier(ka)), np.uint32(kb))
         return (
             _flat(self.feedback),
-            None if magnitude is None or self.offset is not None else _flat(magnitude),
+            None if magnitude is None else _flat(magnitude),
             keys,
             kind(scale),
             kind(2.0**-24),  # the hashed numbers' step: 24 bits, exact in float32
@@ -85,7 +91,7 @@ class Renewal:
         elif self.offset is not None:
             torch.add(weight, self.offset, alpha=self.alpha, out=out)
         elif self.keys is not None:
-            ka, kb = (int(k) & 0xFFFFFFFF for k in self.keys)
+            ka, kb = self._keys()
             u = hashed_uniform(weight.numel(), ka, kb, weight.device).view(weight.shape)
             out.copy_(u.to(out.dtype) * self.magnitude * torch.sign(weight))
         else:
@@ -93,10 +99,11 @@ class Renewal:
             out.mul_(self.magnitude)
 
     def _tensors(self) -> list[torch.Tensor]:
-        tensors = [self.offset] if self.offset is not None else []
-        if isinstance(self.magnitude, torch.Tensor) and self.offset is None:
-            tensors.append(self.magnitude)
-        return tensors
+        return [t for t in (self.offset, self.magnitude) if isinstance(t, torch.Tensor)]
+
+    def _keys(self) -> tuple[int, int]:
+        ka, kb = self.keys
+        return int(ka) & 0xFFFFFFFF, int(kb) & 0xFFFFFFFF
 
 
 def renew(renewals: list[Renewal], weights: Iterable[torch.Tensor]) -> None:

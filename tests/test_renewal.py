@@ -95,6 +95,8 @@ def test_mismatched_recipes_are_refused():
         Renewal(torch.empty(4, 5), torch.rand(5, 4)).apply(w)
     with pytest.raises(ValueError, match="weight's shape and dtype"):
         Renewal(torch.empty(4, 5), offset=torch.zeros(4, 5, dtype=torch.float64)).apply(w)
+    with pytest.raises(ValueError, match="not both"):
+        Renewal(torch.empty(4, 5), 0.5, (1, 2), offset=torch.zeros(4, 5))
 
 
 @pytest.mark.parametrize("rule", ["fa", "usf", "frsf", "brsf", "kp"])
