@@ -8,6 +8,8 @@ import io
 import json
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -68,6 +70,29 @@ def test_split_follows_seeded_permutation(digits):
     np.testing.assert_array_equal(ds.x_val[:, 0].numpy(), digits.images[order[:100]])
     np.testing.assert_array_equal(ds.x_train[:, 0].numpy(), digits.images[order[100:400]])
     np.testing.assert_array_equal(ds.y_train.numpy(), digits.target[order[100:400]])
+
+
+def test_digits_read_without_sklearn_equal_its_loader(digits):
+    images, target = data.digits_arrays()
+    assert images.dtype == digits.images.dtype and target.dtype == digits.target.dtype
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
+    # the store's data hash is the one of scikit-learn's own arrays
+    expected = hashlib.sha256(
+        np.ascontiguousarray(digits.images).tobytes()
+        + np.ascontiguousarray(digits.target).tobytes()
+    ).hexdigest()
+    assert data.load(DataConfig(), seed=0).sha256 == expected
+    code = "import sys, dynalign.data as d; d.digits_arrays(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_digits_fall_back_to_sklearn_where_its_file_is_elsewhere(digits, monkeypatch):
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    images, target = data.digits_arrays()
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
 
 
 @pytest.mark.parametrize(
