@@ -183,6 +183,7 @@ def gram_angle_and_norms(
     bp_delta: torch.Tensor,
     x: torch.Tensor,
     gram: torch.Tensor | None = None,
+    rule_sq: float | None = None,
 ) -> tuple[float, float, float]:
     """(degrees, |G₁|, |G₂|) of the weight gradients G₁ = δ₁ᵀx and G₂ = δ₂ᵀx, unformed.
 
@@ -198,6 +199,10 @@ def gram_angle_and_norms(
     formed) run in the run's precision: they carry no cancellation, so their relative rounding
     (~1e-7 in float32) reaches the angle as about that, not amplified; the sums are float64.
 
+    ``rule_sq``: |G₁|² where it is known already (the optimiser's pass sums the gradient it
+    applies, formed by the rule's backward pass), in float64; K δ₁ is then not formed, a third
+    of the products with K. It must be the square norm of δ₁ᵀx itself (not of a clipped one).
+
     Equal deltas give exactly 0.0 without the Gram matrix, and NaN norms (NaN there only when
     the delta or x is all zero or not finite; a nonzero δ whose gradient δᵀx is zero is not
     looked for). Otherwise NaN when either gradient is zero or not finite.
@@ -212,13 +217,21 @@ def gram_angle_and_norms(
         return (0.0 if all(0 < v < math.inf for v in sums) else math.nan), math.nan, math.nan
     if gram is None:
         gram = gram_matrix(x)
-    n = d1.shape[1]
-    k = gram @ torch.cat([d1, d2], dim=1).to(gram.dtype)
     f64 = torch.float64
-    sq1 = torch.sum(d1 * k[:, :n], dtype=f64)
-    sq2 = torch.sum(d2 * k[:, n:], dtype=f64)
-    cross = torch.sum(d1 * k[:, n:], dtype=f64)  # its sign says which of Ĝ₁ ∓ Ĝ₂ is shorter
-    sq1, sq2, cross = host_floats(sq1, sq2, cross)
+    if rule_sq is None:
+        n = d1.shape[1]
+        k = gram @ torch.cat([d1, d2], dim=1).to(gram.dtype)
+        k1, k2 = k[:, :n], k[:, n:]
+        sq1, sq2, cross = host_floats(
+            torch.sum(d1 * k1, dtype=f64),
+            torch.sum(d2 * k2, dtype=f64),
+            torch.sum(d1 * k2, dtype=f64),
+        )
+    else:
+        k2 = gram @ d2.to(gram.dtype)
+        sq2, cross = host_floats(torch.sum(d2 * k2, dtype=f64), torch.sum(d1 * k2, dtype=f64))
+        sq1 = rule_sq
+    # the sign of the cross product says which of Ĝ₁ ∓ Ĝ₂ is shorter
     norms = math.sqrt(max(sq1, 0.0)), math.sqrt(max(sq2, 0.0))
     if not (0 < sq1 < math.inf and 0 < sq2 < math.inf and math.isfinite(cross)):
         return math.nan, *norms

@@ -72,14 +72,14 @@ def sgd_sweep(
     measure: bool = True,
 ):  # fmt: skip
     """SGD's step of one weight tensor, in place, and the six sums of ``sweep`` over W before
-    and after it (and B), in one pass. ``velocity`` None: SGD without momentum. ``lr``,
-    ``momentum`` and ``decay`` in the weights' dtype (see ``_sgd_block``). ``renew``: B written
-    from W after the step in the same pass (``Renewal.kernel_args``), the B of the sums then;
-    ``feedback`` must be None with it. ``measure`` False: the step alone, no sums (an empty
-    array): where the tensors are still in cache from the backward pass, the sums' float64
-    arithmetic, not memory, would set the pace."""
+    and after it (and B), then |grad|², in one pass. ``velocity`` None: SGD without momentum.
+    ``lr``, ``momentum`` and ``decay`` in the weights' dtype (see ``_sgd_block``). ``renew``:
+    B written from W after the step in the same pass (``Renewal.kernel_args``), the B of the
+    sums then; ``feedback`` must be None with it. ``measure`` False: the step alone, no sums
+    (an empty array): where the tensors are still in cache from the backward pass, the sums'
+    float64 arithmetic, not memory, would set the pace."""
     return _run(
-        (_sgd_serial, _sgd_parallel), weight.size, 6 if measure else 0, threads,
+        (_sgd_serial, _sgd_parallel), weight.size, 7 if measure else 0, threads,
         weight, velocity, grad, feedback, lr, momentum, decay, *renew,
     )  # fmt: skip
 
@@ -174,7 +174,8 @@ def _sgd_block(
     out, magnitude, keys, scale, step_, offset, alpha, partial, k,
 ) -> None:  # fmt: skip
     """SGD's update of block k, in the operations of torch's ``_single_tensor_sgd`` on the CPU,
-    and the sums of ``_sweep_block`` over W before and after it. torch's steps are
+    and the sums of ``_sweep_block`` over W before and after it, then |grad|² (the update
+    angle's Gram form then needs one product fewer). torch's steps are
     ``g = grad.add(w, alpha=decay)`` (skipped at decay 0), ``v.mul_(momentum).add_(g)``,
     ``w.add_(v, alpha=-lr)``; its vectorised add with alpha is a fused multiply-add, its
     multiplication by a scalar a plain one, so here: g = fma(w, decay, grad), v = v·m + g
@@ -195,8 +196,10 @@ def _sgd_block(
     one, nought = np.float32(1), np.float32(0)
     flips = zeros = nought
     sums = (0.0, 0.0, 0.0, 0.0)
+    grad_sq = 0.0
     for i in range(w.size):
         before = w[i]
+        grad_sq += np.float64(g[i]) * np.float64(g[i])
         after = _sgd_update(w, v, g, velocity, lr, momentum, decay, i)
         flips += one if ((before > 0) & (after < 0)) | ((before < 0) & (after > 0)) else nought
         zeros += one if after == 0 else nought
@@ -207,6 +210,7 @@ def _sgd_block(
             sums = _add_sums(sums, after, before, fb, i)
     partial[k, 0], partial[k, 1], partial[k, 2] = sums[0], sums[1], flips
     partial[k, 3], partial[k, 4], partial[k, 5] = zeros, sums[2], sums[3]
+    partial[k, 6] = grad_sq
 
 
 @numba.njit(inline="always", **_jit)

@@ -162,9 +162,8 @@ def _step(optimizer, weight, feedback, group, renewal, measure) -> WeightStep | 
         torch.autograd.graph.increment_version(velocity)
     if not measure:
         return None
-    if feedback is None and renewal is None:
-        values = (*values[:4], None, None)
-    return WeightStep.from_sums(values)
+    sums = values[:6] if feedback is not None or renewal is not None else (*values[:4], None, None)
+    return WeightStep.from_sums(sums, gradient_sq=values[6])
 
 
 _AGREES: dict[torch.dtype, bool] = {}

@@ -184,8 +184,9 @@ class AngleProbe(Probe):
             update = angle(g.rule_grads[i], g.bp_grads[i]) if norm > floor else math.nan
         else:  # a Linear layer's gradients in their Gram form (see dynalign.reference)
             gram = gram_matrix(g.inputs[i])
+            rule_sq = ctx.weight_step(i).gradient_sq  # summed in the optimiser's pass
             update, _, norm = gram_angle_and_norms(
-                g.rule_deltas[i], g.bp_deltas[i], g.inputs[i], gram
+                g.rule_deltas[i], g.bp_deltas[i], g.inputs[i], gram, rule_sq
             )
             if math.isnan(norm):  # equal deltas: the angle came without the norms
                 d = g.bp_deltas[i]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -177,6 +177,9 @@ class Trainer:
             renew(renewals, weights)
         if "weights_before" not in needs:
             measured = None  # stepped, not measured: no probe reads it on this step
+        elif measured is not None and self.config.train.grad_clip:
+            # the pass summed the clipped gradient; the update angle's Gram form wants δᵀx's
+            measured = [replace(m, gradient_sq=None) for m in measured]
 
         ctx = StepContext(
             step=self.step,

@@ -28,9 +28,12 @@ class WeightStep:
     zeros: int  # weights exactly zero after the step
     feedback_dot: float | None  # ⟨W_after, B⟩; None without a feedback tensor
     feedback_sq: float | None  # |B|²
+    #: |∂W|², the rule's gradient that the step applied, where the optimiser's own pass summed
+    #: it (``dynalign.measured_step``); None where the sweep did not see the gradient
+    gradient_sq: float | None = None
 
     @classmethod
-    def from_sums(cls, sums) -> WeightStep:
+    def from_sums(cls, sums, gradient_sq: float | None = None) -> WeightStep:
         """From a sweep's six sums, in the order of the fields (the last two None without B)."""
         weight_sq, update_sq, flips, zeros, feedback_dot, feedback_sq = sums
         return cls(
@@ -40,6 +43,7 @@ class WeightStep:
             int(zeros),
             None if feedback_dot is None else float(feedback_dot),
             None if feedback_sq is None else float(feedback_sq),
+            None if gradient_sq is None else float(gradient_sq),
         )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynalign.angles import angle, angle_from_products, gram_angle
+from dynalign.angles import angle, angle_from_products, gram_angle, gram_angle_and_norms
 
 ANGLES = [0.01, 0.1, 1.0, 90.0, 179.9]
 N = 262_144  # a 512×512 layer
@@ -248,6 +248,21 @@ def test_gram_angle_matches_formed_gradients(degrees):
     # K = x xᵀ is formed in float32 (gram_matrix): ~4e-9 here, far inside the 1e-3 asked for
     assert rel_error(gram_angle(d1, d2, x), truth) < 1e-7
     assert rel_error(gram_angle(d2, d1, x), truth) < 1e-7
+
+
+@pytest.mark.parametrize("degrees", [0.001, *ANGLES, 7.9, 8.2, 171.8, 172.1])
+def test_gram_angle_with_the_rule_gradients_norm_given(degrees):
+    """|G₁|² as the optimiser's pass sums it (over the gradient formed in float32, in float64)
+    in place of its Gram form: the angle and norms still those of the formed gradients."""
+    d1, d2, x = deltas_at(degrees, 50, 300, 40)
+    truth = formed_angle(d1, d2, x)
+    formed = d1.T @ x  # float32, as the rule's backward pass forms it
+    rule_sq = float((formed.double() ** 2).sum())
+    for a, b, sq in ((d1, d2, rule_sq), (d2, d1, float(((d2.T @ x).double() ** 2).sum()))):
+        got, n1, n2 = gram_angle_and_norms(a, b, x, rule_sq=sq)
+        assert rel_error(got, truth) < 1e-6
+        assert n1 == math.sqrt(sq)
+        assert rel_error(n2, float((b.double().T @ x.double()).norm())) < 1e-6
 
 
 @pytest.mark.parametrize("degrees", [0.01, 1.0, 179.9])

@@ -73,6 +73,8 @@ def test_sgd_sweep_steps_as_torchs_sgd_and_sums_in_float64(dtype, momentum, deca
             assert expected[2] > 0  # the steps are large enough to flip signs
             for i in (0, 1, 4, 5):
                 assert sums[i] == pytest.approx(expected[i], rel=1e-12)
+            # the gradient it applied, summed too (the update angle's |G₁|²)
+            assert sums[6] == pytest.approx(float((grad.double() ** 2).sum()), rel=1e-12)
     finally:
         torch.set_num_threads(saved)
 
@@ -103,6 +105,7 @@ def test_measured_step_equals_copy_and_step(fixed_feedback):
             _stepped(net, opt, step)
         weights = [nets[0][0].weight, nets[0][2].weight]
         before = [w.detach().clone() for w in weights]
+        grad_sq = [float((w.grad.double() ** 2).sum()) for w in weights]
         opts[0].step()
         given = feedback if fixed_feedback else [None, None]
         stats = step_measured(opts[1], [nets[1][0].weight, nets[1][2].weight], given)
@@ -113,6 +116,7 @@ def test_measured_step_equals_copy_and_step(fixed_feedback):
         for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
             assert torch.equal(a, b)
         for i, got in enumerate(stats):
+            assert got.gradient_sq == pytest.approx(grad_sq[i], rel=1e-12)
             if not fixed_feedback:
                 assert got.feedback_dot is None and got.feedback_sq is None
                 got = with_feedback(got, weights[i].detach(), feedback[i])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -248,3 +249,42 @@ def test_norms_equal_float64_norms(dtype):
         )
     assert math.isnan(norms(torch.tensor([1.0, math.nan], dtype=dtype))[0])
     assert norms(torch.tensor([1.0, math.inf], dtype=dtype))[0] == math.inf
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_update_angle_with_the_gradient_norm_from_the_optimisers_pass(
+    tmp_path, tiny_config, monkeypatch, clip
+):
+    """Where the update angle takes its Gram form, the compiled SGD pass hands it |G₁|² (summed
+    over the gradient it applies) in place of one product with K. The angles and norms agree
+    with a run whose pass is declined (|G₁|² from K): also under gradient clipping, where the
+    pass sees the clipped gradient and its sum must not be used."""
+    from dynalign import angles, trainer
+    from dynalign.reader import open_run
+    from dynalign.record import record
+
+    given = []
+    gram_angle_and_norms = angles.gram_angle_and_norms
+
+    def spy(*args):
+        given.append(len(args) > 4 and args[4] is not None)
+        return gram_angle_and_norms(*args)
+
+    monkeypatch.setattr("dynalign.probes.gram_angle_and_norms", spy)
+    runs = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(trainer, "measured_step", lambda *a, **k: None)
+        # 8 rows against 64 inputs and outputs: the Gram form for the hidden layers
+        cfg = tiny_config(**{"train.batch_size": 8, "model.width": 64, "data.n_train": 80,
+                             "train.epochs": 1, "train.grad_clip": clip})  # fmt: skip
+        given.clear()
+        record(cfg, tmp_path / f"{fused}.zarr", progress=False)
+        assert given and any(given) == (fused and clip is None)
+        runs[fused] = open_run(tmp_path / f"{fused}.zarr")["steps"].ds
+    for name in ("update_angle", "gradient_norm"):
+        a, b = runs[True][name].values, runs[False][name].values
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=name)
+    if clip is not None:  # clipped on every step: a layer's true gradient alone is longer
+        assert (runs[True]["gradient_norm"].max("layer").values > clip).all()
