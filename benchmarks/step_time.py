@@ -25,8 +25,10 @@ machine that is busy for a while slows all of them alike; a recording variant's 
 its background writes have, so that none of its work is timed in the next variant's round. A
 round is 100 steps, the interval of (d)'s and (e)'s checkpoints and snapshots, so that every
 round of theirs holds one of each (in shorter rounds most medians would miss them). The cost
-of one checkpoint and of one commit of this net is timed on its own. Peak memory (max RSS of a
-fresh process) is then measured for runs that record 2,000 and 20,000 steps with every probe.
+of one checkpoint and of one commit of this net is timed on its own. Peak memory (the peak
+resident set of a fresh process, VmHWM on Linux: its ru_maxrss would start at this process's
+size, which Linux carries over a fork) is then measured for runs that record 2,000 and 20,000
+steps with every probe.
 
 On a CUDA device (``--device cuda``) every variant runs there, each step ends with the loss
 read back (as a training loop that prints it does) and each round with a synchronisation, so
@@ -311,7 +313,11 @@ for i in range(n_steps):
     j = (i % 10) * 100
     step(data.x_train[j:j + 100], data.y_train[j:j + 100])
 writer.close("completed")
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:  # this process image's own peak: Linux carries ru_maxrss over from the parent's fork
+    status = open("/proc/self/status").read()
+    print(int(status.split("VmHWM:")[1].split()[0]))
+except (OSError, IndexError):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
@@ -320,8 +326,8 @@ def memory(counts=(2000, 20000)) -> None:
     code = MEMORY_CHILD.format(here=here)
     tmp = Path(tempfile.mkdtemp(prefix="dynalign-mem-"))
     print(
-        "peak memory (max RSS of a fresh process), FA 3x64 MLP on 64-d inputs (small, so that "
-        "20,000 steps take a minute or two), every probe every step, "
+        "peak memory (peak resident set of a fresh process), FA 3x64 MLP on 64-d inputs "
+        "(small, so that 20,000 steps take a minute or two), every probe every step, "
         "snapshots every 100 steps"
     )
     peaks = {}

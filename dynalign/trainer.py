@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, reference
+from .allocator import keep_freed_memory
 from .config import Config
 from .constraints import SignConstraint
 from .data import Dataset
@@ -76,6 +77,7 @@ class Trainer:
     ):
         self.config, self.data, self.model, self.rule = config, data, model, rule
         self.constraint = constraint
+        keep_freed_memory()  # a step's large tensors reuse the last step's memory
         self.device = torch.device(config.train.device)
         self.layers = feedback_layers(model)
         self.names = list(self.layers)
