@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feedback import FeedbackLayer, backward_matrix, exact_mode, routed_error
+from .feedback import FeedbackLayer, backward_matrix, exact_mode, routed_error, wants_bias_grad
 
 
 class _Conv2dFn(torch.autograd.Function):
@@ -28,19 +28,31 @@ class _Conv2dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, feedback = ctx.saved_tensors
-        stride, padding = ctx.stride, ctx.padding
-        grad_w = grad_b = None
         grad_x = routed_error(ctx.layer, grad_out, feedback, x.shape, ctx.needs_input_grad[0])
-        if grad_x is None and ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(
-                x.shape, backward_matrix(weight, feedback), grad_out, stride, padding
-            )
-        want_w = ctx.layer.exact_weight_grad or not exact_mode()
-        if ctx.needs_input_grad[1] and want_w:
-            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, stride, padding)
-        if ctx.has_bias and ctx.needs_input_grad[2] and want_w:
-            grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        mask = [
+            grad_x is None and ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1] and (ctx.layer.exact_weight_grad or not exact_mode()),
+            ctx.has_bias and ctx.needs_input_grad[2] and wants_bias_grad(ctx.layer),
+        ]
+        if not any(mask):
+            return grad_x, None, None, None, None
+        # one call forms all three, as torch's own backward does (two separate calls read the
+        # layer's error twice); the tensor given as the weight carries the error to the input
+        # (B, or W under BP), the weight gradient takes only its shape
+        dx, dw, db = torch.ops.aten.convolution_backward(
+            grad_out,
+            x,
+            backward_matrix(weight, feedback),
+            [weight.shape[0]] if ctx.has_bias else None,
+            [ctx.stride] * 2,
+            [ctx.padding] * 2,
+            [1, 1],  # dilation
+            False,  # transposed
+            [0, 0],  # output padding
+            1,  # groups
+            mask,
+        )
+        return dx if mask[0] else grad_x, dw, db, None, None
 
 
 class Conv2d(FeedbackLayer):

@@ -44,6 +44,12 @@ def backward_matrix(weight: torch.Tensor, feedback: torch.Tensor | None) -> torc
     return weight if feedback is None or exact_mode() else feedback
 
 
+def wants_bias_grad(layer) -> bool:
+    """Does this backward pass form the layer's bias gradient? Not in a probe's reference
+    pass: the probes compare weight gradients only."""
+    return layer.exact_bias_grad or not exact_mode()
+
+
 def routed_error(layer, grad_out, feedback, x_shape, needed: bool) -> torch.Tensor | None:
     """The error a rule with its own route (DFA) sends to the layer's input; None: the usual
     path through B. Exact mode always takes the usual path (through W)."""
@@ -72,7 +78,7 @@ class _LinearFn(torch.autograd.Function):
         want_w = ctx.layer.exact_weight_grad or not exact_mode()
         if ctx.needs_input_grad[1] and want_w:
             grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[2] and want_w:
+        if ctx.has_bias and ctx.needs_input_grad[2] and wants_bias_grad(ctx.layer):
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
         return grad_x, grad_w, grad_b, None, None
 
@@ -98,6 +104,7 @@ class FeedbackLayer(nn.Module):
         self.captured: list[torch.Tensor] = []
         self.captured_inputs: list[torch.Tensor] = []
         self.exact_weight_grad = True  # False: exact_gradients() passes skip this weight's grad
+        self.exact_bias_grad = True  # False: ... and this bias's
 
     def fan_in(self) -> int:
         return self.weight[0].numel()

@@ -88,13 +88,13 @@ def backward(
     ]
     wanted = [w for w, g in zip(weights, gram, strict=True) if not g]
     for layer, g in zip(layers, gram, strict=True):
-        layer.exact_weight_grad = not g
+        layer.exact_weight_grad, layer.exact_bias_grad = not g, False
     try:
         with exact_gradients():
             exact = torch.autograd.grad(loss, wanted + outs, allow_unused=True)
     finally:
         for layer in layers:
-            layer.exact_weight_grad = True
+            layer.exact_weight_grad = layer.exact_bias_grad = True
     given = iter(exact[: len(wanted)])
     result.bp_grads = [None if g else next(given) for g in gram]
     result.bp_deltas = _per_layer(exact[len(wanted) :], counts)
