@@ -42,7 +42,7 @@ class _Conv2dFn(torch.autograd.Function):
         dx, dw, db = torch.ops.aten.convolution_backward(
             grad_out,
             x,
-            backward_matrix(weight, feedback),
+            backward_matrix(weight, feedback) if mask[0] else weight,
             [weight.shape[0]] if ctx.has_bias else None,
             [ctx.stride] * 2,
             [ctx.padding] * 2,
