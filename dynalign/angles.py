@@ -8,8 +8,9 @@ align closely (Kolen–Pollack, weight mirrors, BP itself) live there. Here the 
     θ = 2·atan2(|â − b̂|, |â + b̂|),   â = a/|a|,  b̂ = b/|b|,
 
 with every sum in float64: |â − b̂| is formed from the differences themselves, so it keeps its
-relative accuracy however small it is (likewise |â + b̂| near 180°). On the CPU a compiled loop
-(numba) does it in two passes over the two tensors, on torch's threads for large tensors
+relative accuracy however small it is (likewise |â + b̂| near 180°). Away from 0° and 180° the
+products ⟨a,b⟩, |a|², |b|² in float64 give the angle as accurately, in one pass instead of
+two. On the CPU compiled loops (numba) form the sums, on torch's threads for large tensors
 (``dynalign.kernels``); other devices run tensor expressions in float64 and bring the sums to
 the host in one transfer.
 """
@@ -23,19 +24,27 @@ import torch
 
 from .weight_step import host_floats
 
-__all__ = ["angle", "angle_from_products", "gram_angle"]
+__all__ = ["angle", "angle_and_norms", "angle_from_products", "gram_angle"]
 
 
 def angle(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Angle between two tensors seen as flat vectors, in degrees, as 2·atan2(|â−b̂|, |â+b̂|).
+    """Angle between two tensors seen as flat vectors, in degrees (``angle_and_norms``)."""
+    return angle_and_norms(a, b)[0]
 
-    All sums are float64, so the result is good to about 1e-15 relative at any angle (for
-    float32 inputs, against the exact angle of their values). CPU float32/float64 tensors of
-    one dtype go through two compiled passes (norms, then |â−b̂|² and |â+b̂|²), about as fast
-    as the three float32 dot products this replaces; other devices and dtypes take float64
-    tensor expressions with one transfer to the host.
 
-    NaN if either vector is zero or not finite (float64 inputs beyond about 1e154, whose
+def angle_and_norms(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    """(degrees, |a|², |b|²) of two tensors seen as flat vectors, the squares in float64.
+
+    Within about 8° of 0° and 180° (``NEAR``) the angle is 2·atan2(|â−b̂|, |â+b̂|); elsewhere
+    it comes from the products ⟨a,b⟩, |a|², |b|² (``angle_from_products``), which there lose
+    nothing: their relative rounding moves the angle by about that much times cot θ. All sums
+    are float64, so the result is good to about 1e-13 relative at any angle (for float32
+    inputs, against the exact angle of their values). CPU float32/float64 tensors of one dtype
+    go through compiled passes (the products, then, near 0° or 180° only, |â−b̂|² and
+    |â+b̂|²); other devices and dtypes take float64 tensor expressions with one transfer to
+    the host.
+
+    NaN angle if either vector is zero or not finite (float64 inputs beyond about 1e154, whose
     squares overflow, count as not finite). Bitwise-equal inputs give exactly 0.0: they are
     compared element by element only when their squared norms agree exactly, so unequal
     inputs do not pay for the comparison.
@@ -43,11 +52,11 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.numel() != b.numel():
         raise ValueError(f"angle of tensors with {a.numel()} and {b.numel()} elements")
     if a is b:
-        norm = host_floats(torch.linalg.vector_norm(a.detach(), dtype=torch.float64))[0]
-        return 0.0 if 0 < norm < math.inf else math.nan
+        (sq,) = host_floats(torch.linalg.vector_norm(a.detach(), dtype=torch.float64) ** 2)
+        return (0.0 if 0 < sq < math.inf else math.nan), sq, sq
     a, b = a.detach().reshape(-1), b.detach().reshape(-1)
     if a.numel() == 0:
-        return math.nan
+        return math.nan, 0.0, 0.0
     if (
         a.device.type == "cpu"
         and a.dtype == b.dtype
@@ -59,19 +68,26 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
     return _torch_angle(a, b)
 
 
-def _numba_angle(a: np.ndarray, b: np.ndarray) -> float:
-    """The two passes of ``dynalign.kernels``, in blocks summed in a fixed order (on torch's
+#: |cos θ| above which an angle is formed from difference vectors rather than from products
+#: (within about 8° of 0° or 180°, where the cosine's rounding would be amplified)
+NEAR = 0.99
+
+
+def _numba_angle(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """The passes of ``dynalign.kernels``, in blocks summed in a fixed order (on torch's
     threads for a large tensor), so the angle does not depend on the thread count."""
     from . import kernels  # imports numba: on first use, not at the CLI's start
 
     threads = torch.get_num_threads()
-    aa, bb = kernels.squared_norms(a, b, threads)
-    if not (0 < aa < math.inf and 0 < bb < math.inf):
-        return math.nan
+    aa, bb, ab = (float(v) for v in kernels.products(a, b, threads))
+    if not (0 < aa < math.inf and 0 < bb < math.inf and math.isfinite(ab)):
+        return math.nan, aa, bb
+    if abs(ab) < NEAR * math.sqrt(aa) * math.sqrt(bb):
+        return angle_from_products(ab, aa, bb), aa, bb
     if aa == bb and _compiled_same()(a, b):  # equal norms: perhaps the same vector (BP)
-        return 0.0
+        return 0.0, aa, bb
     dd, ss = kernels.normalised_sums(a, b, 1.0 / math.sqrt(aa), 1.0 / math.sqrt(bb), threads)
-    return _from_sums(aa, bb, dd, ss)
+    return _from_sums(aa, bb, dd, ss), aa, bb
 
 
 def _from_sums(aa: float, bb: float, dd: float, ss: float) -> float:
@@ -81,7 +97,7 @@ def _from_sums(aa: float, bb: float, dd: float, ss: float) -> float:
     return math.degrees(2.0 * math.atan2(math.sqrt(dd), math.sqrt(ss)))
 
 
-def _torch_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+def _torch_angle(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     """The same sums as float64 tensor expressions on the tensors' device, one transfer."""
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
     aa, bb = torch.dot(a64, a64), torch.dot(b64, b64)
@@ -90,7 +106,7 @@ def _torch_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     aa, bb, dd, ss = host_floats(aa, bb, torch.dot(d, d), torch.dot(s, s))
     if dd != 0 and aa == bb and torch.equal(a, b):  # unequal rounding of an equal pair
         dd = 0.0
-    return _from_sums(aa, bb, dd, ss)
+    return _from_sums(aa, bb, dd, ss), aa, bb
 
 
 _SAME = None
@@ -110,7 +126,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether a == b element by element, in blocks, stopping after the first unequal one."""
     block = 4096
     for start in range(0, a.size, block):
-        # slices indexed from 0 (see dynalign.kernels._norms_block)
+        # slices indexed from 0 (see dynalign.kernels._products_block)
         x, y = a[start : start + block], b[start : start + block]
         unequal = 0
         for i in range(x.size):
@@ -151,6 +167,27 @@ def _two_product(x: float, y: float) -> tuple[float, float]:
     return p, ((xh * yh - p) + xh * yl + xl * yh) + xl * yl
 
 
+def _dots(k: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """⟨k, a⟩ and ⟨k, b⟩ summed in float64: on the CPU one compiled pass over the three
+    (no product tensors), elsewhere tensor expressions with one transfer."""
+    if (
+        k.device.type == "cpu"
+        and k.dtype == a.dtype == b.dtype
+        and k.dtype in (torch.float32, torch.float64)
+        and all(t.is_contiguous() for t in (k, a, b))
+    ):
+        from . import kernels  # imports numba: on first use, not at the CLI's start
+
+        sums = kernels.dots(
+            k.reshape(-1).numpy(), a.reshape(-1).numpy(), b.reshape(-1).numpy(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return float(sums[0]), float(sums[1])
+    f64 = torch.float64
+    ka, kb = host_floats(torch.sum(k * a, dtype=f64), torch.sum(k * b, dtype=f64))
+    return ka, kb
+
+
 def _split(x: float) -> tuple[float, float]:
     t = 134217729.0 * x  # 2^27 + 1 (Veltkamp)
     hi = t - (t - x)
@@ -161,11 +198,6 @@ def gram_matrix(x: torch.Tensor) -> torch.Tensor:
     """K = x xᵀ of a layer's input rows, formed by BLAS in the run's precision."""
     rows = x.detach().reshape(x.shape[0], -1)
     return rows @ rows.T
-
-
-#: |cos θ| above which ``gram_angle`` forms the difference vector (within about 8° of 0° or
-#: 180°, where the cosine's rounding would be amplified)
-NEAR = 0.99
 
 
 def gram_angle(
@@ -229,7 +261,7 @@ def gram_angle_and_norms(
         )
     else:
         k2 = gram @ d2.to(gram.dtype)
-        sq2, cross = host_floats(torch.sum(d2 * k2, dtype=f64), torch.sum(d1 * k2, dtype=f64))
+        sq2, cross = _dots(k2, d2, d1)
         sq1 = rule_sq
     # the sign of the cross product says which of Ĝ₁ ∓ Ĝ₂ is shorter
     norms = math.sqrt(max(sq1, 0.0)), math.sqrt(max(sq2, 0.0))

@@ -89,9 +89,14 @@ def renew(weight, threads: int, renew) -> None:
     _run((_renew_serial, _renew_parallel), weight.size, 0, threads, weight, *renew)
 
 
-def squared_norms(a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
-    """|a|² and |b|² in float64 (the first pass of ``angle``)."""
-    return _run((_norms_serial, _norms_parallel), a.size, 2, threads, a, b)
+def products(a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
+    """|a|², |b|² and ⟨a, b⟩ in float64 (the first pass of ``angle``)."""
+    return _run((_products_serial, _products_parallel), a.size, 3, threads, a, b)
+
+
+def dots(k: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
+    """⟨k, a⟩ and ⟨k, b⟩ in float64, in one pass over the three (the Gram form's sums)."""
+    return _run((_dots_serial, _dots_parallel), k.size, 2, threads, k, a, b)
 
 
 def normalised_sums(a: np.ndarray, b: np.ndarray, ia: float, ib: float, threads: int):
@@ -105,7 +110,7 @@ def _sweep_block(before, after, feedback, partial, k) -> None:
     float32 values are exact in float64."""
     lo = k * BLOCK
     hi = min(lo + BLOCK, after.size)
-    after, before = after[lo:hi], before[lo:hi]  # see _norms_block
+    after, before = after[lo:hi], before[lo:hi]  # see _products_block
     fb = _block_of(feedback, lo, hi)
     one, nought = np.float32(1), np.float32(0)
     flips = zeros = nought
@@ -184,7 +189,7 @@ def _sgd_block(
     ``out``, B is renewed from the new W (``_renewed``) and summed as the B of the sums."""
     lo = k * BLOCK
     hi = min(lo + BLOCK, weight.size)
-    w, g = weight[lo:hi], grad[lo:hi]  # see _norms_block
+    w, g = weight[lo:hi], grad[lo:hi]  # see _products_block
     v, fb = _block_of(velocity, lo, hi), _block_of(feedback, lo, hi)
     o, m, d = _block_of(out, lo, hi), _block_of(magnitude, lo, hi), _block_of(offset, lo, hi)
     if partial.shape[1] == 0:  # no sums wanted: the update (and B) alone, lighter on the core
@@ -306,7 +311,7 @@ def _hashed(i, a, kb, step, bound):
 def _renew_block(weight, out, magnitude, keys, scale, step, offset, alpha, k) -> None:
     lo = k * BLOCK
     hi = min(lo + BLOCK, weight.size)
-    w, o = weight[lo:hi], out[lo:hi]  # see _norms_block
+    w, o = weight[lo:hi], out[lo:hi]  # see _products_block
     m, d = _block_of(magnitude, lo, hi), _block_of(offset, lo, hi)
     for i in range(w.size):
         o[i] = _renewed(w[i], lo + i, m, keys, scale, step, d, alpha, i)
@@ -325,38 +330,64 @@ def _renew_parallel(weight, out, magnitude, keys, scale, step, offset, alpha, pa
 
 
 @numba.njit(inline="always", **_jit)
-def _norms_block(a, b, partial, k) -> None:
+def _products_block(a, b, partial, k) -> None:
     """The loops of every block run over its slices, indexed from 0: indexing the whole
     arrays from ``lo``, the compiler cannot rule out negative indices (which numba wraps
     around), and the loops ran at a third of the speed."""
     lo = k * BLOCK
     hi = min(lo + BLOCK, a.size)
     a, b = a[lo:hi], b[lo:hi]
-    aa = bb = 0.0
+    aa = bb = ab = 0.0
     for i in range(a.size):
         x, y = np.float64(a[i]), np.float64(b[i])
         aa += x * x
         bb += y * y
-    partial[k, 0], partial[k, 1] = aa, bb
+        ab += x * y
+    partial[k, 0], partial[k, 1], partial[k, 2] = aa, bb, ab
 
 
 @numba.njit(**_jit)
-def _norms_serial(a, b, partial) -> None:
+def _products_serial(a, b, partial) -> None:
     for k in range(partial.shape[0]):
-        _norms_block(a, b, partial, k)
+        _products_block(a, b, partial, k)
 
 
 @numba.njit(parallel=True, **_jit)
-def _norms_parallel(a, b, partial) -> None:
+def _products_parallel(a, b, partial) -> None:
     for k in prange(partial.shape[0]):
-        _norms_block(a, b, partial, k)
+        _products_block(a, b, partial, k)
+
+
+@numba.njit(inline="always", **_jit)
+def _dots_block(c, a, b, partial, k) -> None:
+    lo = k * BLOCK
+    hi = min(lo + BLOCK, c.size)
+    c, a, b = c[lo:hi], a[lo:hi], b[lo:hi]  # see _products_block
+    ca = cb = 0.0
+    for i in range(c.size):
+        z = np.float64(c[i])
+        ca += z * np.float64(a[i])
+        cb += z * np.float64(b[i])
+    partial[k, 0], partial[k, 1] = ca, cb
+
+
+@numba.njit(**_jit)
+def _dots_serial(c, a, b, partial) -> None:
+    for k in range(partial.shape[0]):
+        _dots_block(c, a, b, partial, k)
+
+
+@numba.njit(parallel=True, **_jit)
+def _dots_parallel(c, a, b, partial) -> None:
+    for k in prange(partial.shape[0]):
+        _dots_block(c, a, b, partial, k)
 
 
 @numba.njit(inline="always", **_jit)
 def _normalised_block(a, b, ia, ib, partial, k) -> None:
     lo = k * BLOCK
     hi = min(lo + BLOCK, a.size)
-    a, b = a[lo:hi], b[lo:hi]  # see _norms_block
+    a, b = a[lo:hi], b[lo:hi]  # see _products_block
     dd = ss = 0.0
     for i in range(a.size):
         x, y = np.float64(a[i]) * ia, np.float64(b[i]) * ib

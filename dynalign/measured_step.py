@@ -59,18 +59,38 @@ def measured_step(
         for w, b, g, r in zip(weights, feedback, groups, renewals, strict=True)
     ):
         return None
-    grads = [w.grad for w in weights]
-    try:
-        for w in weights:  # torch's step skips them: the loop below updates them
-            w.grad = None
-        optimizer.step()  # every other parameter: biases, batch norm
-    finally:
-        for w, grad in zip(weights, grads, strict=True):
-            w.grad = grad
+    _step_others(optimizer, weights)
     return [
         _step(optimizer, *args, measure)
         for args in zip(weights, feedback, groups, renewals, strict=True)
     ]
+
+
+def _step_others(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor]) -> None:
+    """Every other parameter's step (biases, batch norm): by the compiled update where each
+    fits it, else by torch's step. Right after a backward pass has streamed megabytes through
+    the caches, torch's step (a dozen Python frames and a few small tensor operations per
+    parameter) took 200 µs for four biases that it steps in 40 µs warm; the compiled
+    update's calls touch far less."""
+    mine = {id(w) for w in weights}
+    others = [
+        (p, group)
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if id(p) not in mine and p.grad is not None
+    ]
+    if all(_plain(group) and _fits(optimizer, p, None, group, None) for p, group in others):
+        for p, group in others:
+            _step(optimizer, p, None, group, None, measure=False)
+        return
+    grads = [w.grad for w in weights]
+    try:
+        for w in weights:  # torch's step skips them: the caller's loop updates them
+            w.grad = None
+        optimizer.step()
+    finally:
+        for w, grad in zip(weights, grads, strict=True):
+            w.grad = grad
 
 
 def with_feedback(stats: WeightStep, weight: torch.Tensor, feedback: torch.Tensor) -> WeightStep:
@@ -87,18 +107,23 @@ def _groups(optimizer, weights) -> list[dict | None] | None:
         return None
     owner = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     groups = [owner.get(id(w)) for w in weights]
-    for group in filter(None, groups):
-        if (
-            group["nesterov"]
-            or group["dampening"] != 0
-            or group["maximize"]
-            or group.get("differentiable")
-            or group.get("foreach")
-            or group.get("fused")
-            or isinstance(group["lr"], torch.Tensor)
-        ):
-            return None
+    if not all(_plain(group) for group in filter(None, groups)):
+        return None
     return groups
+
+
+def _plain(group: dict) -> bool:
+    """Is this SGD group's update the one the compiled loop does (momentum and weight decay,
+    nothing else)?"""
+    return not (
+        group["nesterov"]
+        or group["dampening"] != 0
+        or group["maximize"]
+        or group.get("differentiable")
+        or group.get("foreach")
+        or group.get("fused")
+        or isinstance(group["lr"], torch.Tensor)
+    )
 
 
 def _fits(optimizer, weight, feedback, group, renewal) -> bool:

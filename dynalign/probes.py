@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from . import schema
-from .angles import angle, angle_from_products, gram_angle_and_norms, gram_matrix
+from .angles import (
+    angle,
+    angle_and_norms,
+    angle_from_products,
+    gram_angle_and_norms,
+    gram_matrix,
+)
 from .measured_step import with_feedback
 from .reference import Gradients
 from .schema import Variable
@@ -179,9 +185,8 @@ class AngleProbe(Probe):
         g = ctx.gradients
         floor = torch.finfo(ctx.weights[i].dtype).eps * math.sqrt(ctx.weight_step(i).weight_sq)
         if g.bp_grads[i] is not None:
-            (sq,) = host_floats(torch.linalg.vector_norm(g.bp_grads[i], dtype=torch.float64) ** 2)
+            update, _, sq = angle_and_norms(g.rule_grads[i], g.bp_grads[i])
             norm = math.sqrt(sq)
-            update = angle(g.rule_grads[i], g.bp_grads[i]) if norm > floor else math.nan
         else:  # a Linear layer's gradients in their Gram form (see dynalign.reference)
             gram = gram_matrix(g.inputs[i])
             rule_sq = ctx.weight_step(i).gradient_sq  # summed in the optimiser's pass

@@ -16,7 +16,8 @@ import torch
 
 from dynalign.angles import angle, angle_from_products, gram_angle, gram_angle_and_norms
 
-ANGLES = [0.01, 0.1, 1.0, 90.0, 179.9]
+#: both sides of the switch between the two formulas (within 8° of 0° and 180°, and beyond)
+ANGLES = [0.01, 0.1, 1.0, 7.5, 9.0, 45.0, 90.0, 135.0, 171.0, 179.9]
 N = 262_144  # a 512×512 layer
 
 

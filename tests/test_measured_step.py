@@ -94,9 +94,10 @@ def _stepped(net, optimizer, seed):
 
 @pytest.mark.parametrize("fixed_feedback", [True, False])
 def test_measured_step_equals_copy_and_step(fixed_feedback):
-    """A net with biases: the measured step moves every parameter (biases through torch's own
-    step) bitwise as torch's step does, and its reductions equal ``weight_step`` over a copy of W
-    before the step; a B renewed after the step is measured afterwards (``with_feedback``)."""
+    """A net with biases: the measured step moves every parameter (the biases by the compiled
+    update too) bitwise as torch's step does, and its reductions equal ``weight_step`` over a
+    copy of W before the step; a B renewed after the step is measured afterwards
+    (``with_feedback``)."""
     nets = [_net(), _net()]
     opts = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3) for n in nets]
     feedback = [torch.randn(300, 40), torch.randn(5, 300)]
@@ -124,6 +125,33 @@ def test_measured_step_equals_copy_and_step(fixed_feedback):
             assert (got.sign_flips, got.zeros) == (want.sign_flips, want.zeros)
             for name in ("weight_sq", "update_sq", "feedback_dot", "feedback_sq"):
                 assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-12)
+
+
+@pytest.mark.parametrize("bias_settings", [{"lr": 0.05}, {"nesterov": True}])
+def test_biases_in_their_own_group_step_as_torchs(bias_settings):
+    """Biases in a group of their own: stepped by the compiled update where that group is plain
+    SGD (its own lr here), by torch's step where it is not (Nesterov); bitwise torch's either
+    way, and the weights' sums unchanged by it."""
+    nets = [_net(), _net()]
+
+    def sgd(net):
+        weights = [net[0].weight, net[2].weight]
+        biases = [net[0].bias, net[2].bias]
+        return torch.optim.SGD(
+            [{"params": weights}, {"params": biases, **bias_settings}], lr=0.1, momentum=0.9
+        )
+
+    opts = [sgd(n) for n in nets]
+    for step in range(3):
+        for net, opt in zip(nets, opts, strict=True):
+            _stepped(net, opt, step)
+        opts[0].step()
+        stats = step_measured(opts[1], [nets[1][0].weight, nets[1][2].weight], [None, None])
+        assert (stats is None) == (step == 0)
+        if stats is None:
+            opts[1].step()
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            assert torch.equal(a, b)
 
 
 def _declines(optimizer, net, weights, feedback=None):
