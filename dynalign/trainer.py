@@ -147,11 +147,11 @@ class Trainer:
             )
         row.update(self.recorder.scalars.values(scalar_values, scored))
 
-        self.optimizer.zero_grad(set_to_none=True)
         gradients = None
-        if capture:
+        if capture:  # sets every parameter's .grad: no zero_grad needed (cold, it took 170 µs)
             gradients = reference.backward(loss, self.params, layers, "reference" in needs)
         else:
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         weights = [layer.weight for layer in layers]
         if self.config.train.grad_clip:
