@@ -57,15 +57,18 @@ def angle_and_norms(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, flo
     a, b = a.detach().reshape(-1), b.detach().reshape(-1)
     if a.numel() == 0:
         return math.nan, 0.0, 0.0
-    if (
-        a.device.type == "cpu"
-        and a.dtype == b.dtype
-        and a.dtype in (torch.float32, torch.float64)
-        and a.is_contiguous()
-        and b.is_contiguous()
-    ):
+    if _compiled_path(a, b):
         return _numba_angle(a.numpy(), b.numpy())
     return _torch_angle(a, b)
+
+
+def _compiled_path(*tensors: torch.Tensor) -> bool:
+    """Can the compiled loops of ``dynalign.kernels`` read these tensors as they are (CPU,
+    contiguous, one float32 or float64 dtype)?"""
+    dtype = tensors[0].dtype
+    return dtype in (torch.float32, torch.float64) and all(
+        t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors
+    )
 
 
 #: |cos θ| above which an angle is formed from difference vectors rather than from products
@@ -170,12 +173,7 @@ def _two_product(x: float, y: float) -> tuple[float, float]:
 def _dots(k: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """⟨k, a⟩ and ⟨k, b⟩ summed in float64: on the CPU one compiled pass over the three
     (no product tensors), elsewhere tensor expressions with one transfer."""
-    if (
-        k.device.type == "cpu"
-        and k.dtype == a.dtype == b.dtype
-        and k.dtype in (torch.float32, torch.float64)
-        and all(t.is_contiguous() for t in (k, a, b))
-    ):
+    if _compiled_path(k, a, b):
         from . import kernels  # imports numba: on first use, not at the CLI's start
 
         sums = kernels.dots(

@@ -131,7 +131,7 @@ def test_measured_step_equals_copy_and_step(fixed_feedback):
 def test_biases_in_their_own_group_step_as_torchs(bias_settings):
     """Biases in a group of their own: stepped by the compiled update where that group is plain
     SGD (its own lr here), by torch's step where it is not (Nesterov); bitwise torch's either
-    way, and the weights' sums unchanged by it."""
+    way."""
     nets = [_net(), _net()]
 
     def sgd(net):
