@@ -515,7 +515,8 @@ def test_readers_beside_a_live_writer(reads, tmp_path):
     """Readers while the run writes: none fails, lengths never shrink, no NaN snapshot. Each
     read opens the store (about 50 ms), so the default run does 150, the slow one 500."""
     store = tmp_path / "live.zarr"
-    long_run = (*BASE[:3], "train.epochs=2000", "train.threads=1", "probes.snapshot_every=100")
+    # long enough to outlast the readers (it is stopped by SIGTERM once they are done)
+    long_run = (*BASE[:3], "train.epochs=20000", "train.threads=1", "probes.snapshot_every=100")
     writer = Writer.record(store, long_run)
     try:
         assert writer.wait_for(12), writer.output  # the first epoch is committed
