@@ -66,16 +66,25 @@ def _fill(dtype: str) -> Any:
 
 
 class _Appender:
-    """A buffered append to arrays sharing a leading dimension; ``n`` rows are on disk."""
+    """A buffered append to arrays sharing a leading dimension; ``n`` rows are on disk.
+
+    The buffers hold the chunk the next rows fall in, from its first row: a flush writes that
+    whole chunk (rows not yet filled hold the fill value), so zarr replaces the chunk's file
+    without reading it back first, a third of a small flush's time."""
 
     def __init__(self, arrays: dict[str, zarr.Array], n: int = 0):
-        self.arrays, self.n, self.filled = arrays, n, 0
+        self.arrays, self.n = arrays, n
         first = next(iter(arrays.values()))
         self.chunk = first.chunks[0]
+        self.base = n - n % self.chunk  # the row of the buffers' first row
+        self.used = n - self.base  # buffer rows holding data, on disk or not
         self.buffers = {
             name: np.full((self.chunk, *a.shape[1:]), _fill(str(a.dtype)), dtype=a.dtype)
             for name, a in arrays.items()
         }
+        if self.used:  # a reopened run's part-filled chunk: its rows are written again
+            for name, a in arrays.items():
+                self.buffers[name][: self.used] = a[self.base : n]
 
     @classmethod
     def create(
@@ -111,24 +120,26 @@ class _Appender:
 
     def row(self) -> int:
         """Index of the buffer row to fill next (flushes a full buffer first)."""
-        if self.filled == self.chunk:
+        if self.used == self.chunk:
             self.flush()
-        self.filled += 1
-        return self.filled - 1
+        self.used += 1
+        return self.used - 1
 
     def flush(self) -> None:
-        if not self.filled:
+        end = self.base + self.used
+        if end == self.n:
             return
-        end = self.n + self.filled
-        # every array first, the buffers cleared only after: a flush that fails half-way (a
+        # every array first, the buffers moved on only after: a flush that fails half-way (a
         # full disk) keeps its rows, and the next flush writes them all again
         write_all(
-            _append(arr.async_array, self.buffers[name][: self.filled], self.n, end)
+            _append(arr.async_array, self.buffers[name], self.base, end)
             for name, arr in self.arrays.items()
         )
-        for buf in self.buffers.values():
-            buf.fill(_fill(str(buf.dtype)))
-        self.n, self.filled = end, 0
+        self.n = end
+        if self.used == self.chunk:
+            for buf in self.buffers.values():
+                buf.fill(_fill(str(buf.dtype)))
+            self.base, self.used = end, 0
 
     def trim(self) -> None:
         """Cut the arrays, grown a chunk at a time, to the ``n`` rows written."""
@@ -139,14 +150,14 @@ class _Appender:
         )
 
 
-async def _append(array: zarr.AsyncArray, rows: np.ndarray, start: int, end: int) -> None:
-    """Rows ``start:end`` into ``array``, grown first where it is shorter: to a whole number of
-    chunks, so that most flushes rewrite no metadata (readers stop at the committed length,
-    and ``close`` trims the rest)."""
+async def _append(array: zarr.AsyncArray, chunk: np.ndarray, start: int, end: int) -> None:
+    """The chunk of rows from ``start`` (a chunk's first row) into ``array``, whole, grown
+    first where it is shorter than ``end``: to a whole number of chunks, so that most flushes
+    rewrite no metadata (readers stop at the committed length, and ``close`` trims the rest)."""
     if array.shape[0] < end:
-        chunk = array.chunks[0]
-        await array.resize((-(-end // chunk) * chunk, *array.shape[1:]))
-    await array.setitem(slice(start, end), rows)
+        size = array.chunks[0]
+        await array.resize((-(-end // size) * size, *array.shape[1:]))
+    await array.setitem(slice(start, start + len(chunk)), chunk)
 
 
 def write_all(writes: Iterable[Coroutine]) -> None:
@@ -639,10 +650,13 @@ class RunWriter:
         try:
             # a finished run is never resumed: its checkpoint goes (a 3x512 MLP's is 15 MB)
             dropped = {"checkpoint": None} if finished else {}
-            self.commit(status=status, message=message, **attrs, **dropped)
+            # every row on disk and the arrays cut to them before the last commit: a kill
+            # after it leaves a finished store in its final shape
+            self.committed_lengths()
             with contextlib.suppress(OSError):  # untrimmed, the store is just as readable
                 for app in self._appenders():
                     app.trim()
+            self.commit(status=status, message=message, **attrs, **dropped)
             if finished:
                 shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         except OSError as err:  # disk full: the last commit still stands, and says so

@@ -309,3 +309,64 @@ def test_appended_arrays_grow_a_chunk_at_a_time_and_close_trims_them(tmp_path):
     raw = zarr.open_group(str(path), mode="r")
     assert raw["steps/loss"].shape == (10,) and raw["steps/weight_norm"].shape == (10, 1)
     assert list(open_run(path)["steps"].ds.step.values) == list(range(1, 11))
+
+
+def test_a_flush_writes_whole_chunks_without_reading_them_back(tmp_path, monkeypatch):
+    """Rows that fill part of a chunk are written as that whole chunk from the buffer (zarr
+    would otherwise read the chunk's file back to merge them: a third of a small flush's
+    time); a writer reopened inside a chunk keeps that chunk's earlier rows."""
+    from dynalign.durable import DurableStore
+    from dynalign.store import RunWriter
+
+    path = tmp_path / "w.zarr"
+    writer = RunWriter(path, {}, {"fc1": (2, 3)}, {}, (), probe_variables(), chunk=8)
+    reads = []
+    read = DurableStore.get
+
+    async def counted(self, key, *args, **kwargs):
+        if "/c/" in key:  # a chunk file, not metadata
+            reads.append(key)
+        return await read(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(DurableStore, "get", counted)
+    for step in range(1, 12):  # flushes at 3, 6 and 11 rows: inside chunks and across one
+        writer.append_step({"step": step, "epoch": 1, "loss": 0.25 * step})
+        if step in (3, 6):
+            writer.commit()
+    committed = writer.commit()
+    assert reads == [] and committed["steps"] == 11
+    monkeypatch.setattr(DurableStore, "get", read)
+    writer.close("interrupted")
+
+    resumed = RunWriter.reopen(path, {**committed, "steps": 10})  # row 11 dropped, 9-10 kept
+    for step in (11, 12):
+        resumed.append_step({"step": step, "epoch": 2, "loss": 1.0})
+    resumed.close("completed")
+    steps = open_run(path)["steps"].ds
+    assert list(steps.step.values) == list(range(1, 13))
+    np.testing.assert_array_equal(steps.loss.values, [0.25 * s for s in range(1, 11)] + [1, 1])
+    assert list(steps.epoch.values) == [1] * 10 + [2, 2]
+
+
+def test_close_trims_the_arrays_before_the_final_commit(tmp_path, monkeypatch):
+    """A kill right after a run's last commit must leave it in its final shape: the arrays
+    are cut to their rows while the store still says running, then it says completed."""
+    from dynalign import store
+
+    path = tmp_path / "t.zarr"
+    writer = store.RunWriter(path, {}, {"fc1": (2, 3)}, {}, (), probe_variables(), chunk=8)
+    for step in (1, 2, 3):
+        writer.append_step({"step": step, "epoch": 1, "loss": 1.0})
+    seen = []
+    trim = store._Appender.trim
+
+    def watched(self):
+        seen.append(zarr.open_group(str(path), mode="r").attrs["status"])
+        trim(self)
+
+    monkeypatch.setattr(store._Appender, "trim", watched)
+    writer.close("completed")
+    assert seen and set(seen) == {"running"}
+    raw = zarr.open_group(str(path), mode="r")
+    assert raw.attrs["status"] == "completed" and raw.attrs["committed"]["steps"] == 3
+    assert raw["steps/loss"].shape == (3,)
