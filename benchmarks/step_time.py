@@ -167,6 +167,7 @@ def dynalign_stepper(
             {n: tuple(m.feedback.shape) for n, m in layers.items() if m.feedback is not None},
             (),
             probe_variables(),
+            feedback_fixed=learning_rule.feedback_is_fixed(),
             overwrite=True,
         )
     trainer = Trainer(config, data, model, learning_rule, writer, progress=False)

@@ -136,21 +136,25 @@ class SnapshotProbe:
     def take(self, writer, step: int) -> None:
         self.previous, self.last = self.last, step
         weights = {n: layer.weight.detach().cpu().numpy() for n, layer in self.layers.items()}
-        feedback = {
+        feedback = {  # a fixed B was stored with the store's creation
             n: layer.feedback.cpu().numpy()
             for n, layer in self.layers.items()
-            if layer.feedback is not None
+            if layer.feedback is not None and writer.takes_feedback(n)
         }
         writer.snapshot(step, weights, feedback)
 
 
-def snapshot_bytes(layers: dict, dtype: str) -> int:
-    """Bytes one snapshot of every layer's W (and B) takes in ``dtype``."""
-    numel = sum(
-        layer.weight.numel() + (layer.feedback.numel() if layer.feedback is not None else 0)
-        for layer in layers.values()
+def snapshot_bytes(layers: dict, dtype: str, feedback_fixed: bool = False) -> tuple[int, int]:
+    """Bytes each snapshot of every layer's W (and B) takes in ``dtype``, and bytes stored once:
+    a B the rule never changes (``feedback_fixed``) is stored with the store, not per snapshot."""
+    weights = sum(layer.weight.numel() for layer in layers.values())
+    feedback = sum(
+        layer.feedback.numel() for layer in layers.values() if layer.feedback is not None
     )
-    return numel * np.dtype(dtype).itemsize
+    size = np.dtype(dtype).itemsize
+    if feedback_fixed:
+        return weights * size, feedback * size
+    return (weights + feedback) * size, 0
 
 
 class ReconstructionProbe(SnapshotProbe):

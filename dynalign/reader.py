@@ -22,6 +22,7 @@ import zarr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from . import schema
 from .schema import READABLE_VERSIONS
 from .store import APPENDED, StoreError, array_paths
 from .writer_lock import describe_writer, writer_alive
@@ -57,12 +58,34 @@ class _Prefix(BackendArray):
         )
 
     def _read(self, key: tuple) -> np.ndarray:
-        # bounds come from the prefix's shape, never the array's (which may be longer)
-        bounded = tuple(
-            slice(*k.indices(size)) if isinstance(k, slice) else k
+        return np.asarray(self.array[self._bounded(key)])
+
+    def _bounded(self, key: tuple) -> tuple:
+        """``key`` with bounds from the prefix's shape, never the array's (which may be longer):
+        slices cut to it, an index past it an IndexError (it would read a row not committed)."""
+        return tuple(
+            slice(*k.indices(size)) if isinstance(k, slice) else _index(k, size)
             for k, size in zip(key, self.shape, strict=False)
         )
-        return np.asarray(self.array[bounded])
+
+
+def _index(k: int, size: int) -> int:
+    if not -size <= k < size:
+        raise IndexError(f"index {k} is out of bounds for a dimension of size {size}")
+    return k % size
+
+
+class _Repeated(_Prefix):
+    """A one-row array (``schema.FIXED``) shown as ``n`` copies of its row: a B the rule never
+    changed, stored once, appears in every snapshot as schema 3 stored it."""
+
+    def _read(self, key: tuple) -> np.ndarray:
+        rows, *rest = self._bounded(key)
+        row = np.asarray(self.array[(0, *rest)])
+        if isinstance(rows, slice):
+            count = len(range(rows.start, rows.stop, rows.step))
+            return np.broadcast_to(row, (count, *row.shape)).copy()
+        return row
 
 
 def root_attrs(path: str | Path) -> dict[str, Any]:
@@ -156,6 +179,11 @@ def _dataset(group: zarr.Group, n: int | None, name: str) -> xr.Dataset:
         dims = tuple(array.metadata.dimension_names or ())
         attrs = dict(array.attrs)
         length = array.shape[0] if array.ndim else None
+        if n is not None and dims[:1] == (append_dim,) and attrs.get(schema.FIXED):
+            variables[key] = xr.Variable(
+                dims, indexing.LazilyIndexedArray(_Repeated(array, n)), attrs
+            )
+            continue
         if n is not None and dims[:1] == (append_dim,):
             if array.shape[0] < n:
                 raise StoreError(
@@ -241,7 +269,9 @@ def _check_array(path: Path, name: str, array: zarr.Array, committed: dict, deco
     group = name.split("/")[0]
     length = array.shape[0] if array.ndim else 0
     n = committed.get(group)
-    if n is not None and dims[:1] == (APPENDED[group],):
+    if n is not None and dims[:1] == (APPENDED[group],) and array.attrs.get(schema.FIXED):
+        length = min(n, 1)  # written with the first snapshot
+    elif n is not None and dims[:1] == (APPENDED[group],):
         if length < n:
             return [f"array {name} holds {length} rows but {n} were committed"]
         length = n

@@ -146,6 +146,7 @@ def record(
             image_shape=image_shape,
             n_probe=n_probe,
             snapshot_dtype=config.probes.snapshot_dtype,
+            feedback_fixed=rule.feedback_is_fixed(),
             overwrite=overwrite,
         )
 

@@ -38,6 +38,7 @@ class Recorder:
         layers: dict[str, FeedbackLayer],
         probe_inputs: torch.Tensor | None = None,
         total_steps: int = 0,
+        feedback_fixed: bool = False,
     ):
         self.writer: RunWriter | None = None
         self._due: tuple[int, list] = (-1, [])
@@ -48,7 +49,7 @@ class Recorder:
             total_steps,
             p.snapshot_every,
             p.snapshot_budget,
-            snapshot_bytes(layers, p.snapshot_dtype),
+            *snapshot_bytes(layers, p.snapshot_dtype, feedback_fixed),
         )
         self.snapshots = SnapshotProbe(frozenset(schedule), layers)
         self.reconstructions = None

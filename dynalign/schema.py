@@ -4,17 +4,20 @@ declarations, probes name the variables they fill, and test stores are laid out 
 Schema versions: 1, written whole at the end of a run; 2, written while the run goes, with
 committed lengths and checkpoints; 3 adds, per layer, the true gradient's norm, whether the
 angles' reference was valid, the RMS of the layer's output, and the sign constraint's zero
-crossings and pushes against zero, and lets B have its own shape (direct feedback alignment).
-Readers open all three; a variable a version lacks is simply absent.
+crossings and pushes against zero, and lets B have its own shape (direct feedback alignment);
+4 stores a B that the rule never changes (FA, DFA, the head-only control) once, as the one row
+of its ``feedback`` array (attribute ``fixed``), instead of again in every snapshot: half of an
+FA run's snapshot bytes were copies of it. Readers open all four; a variable a version lacks is
+simply absent, and the reader shows a fixed B in every snapshot, as version 3 stored it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: versions this dynalign reads
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,9 @@ SNAPSHOT_STEP = Variable(
 )
 WEIGHT = Variable("weight", True, "1", "forward weight W")
 FEEDBACK = Variable("feedback", True, "1", "feedback weight B")
+#: attribute of a snapshot array that holds one row standing for every snapshot (a B the rule
+#: never changes, schema 4): readers repeat it along ``snapshot``
+FIXED = "fixed"
 SIGN = Variable("sign", True, "1", "fixed sign of each weight (Dale's law)", "int8")
 #: dims of a weight by its rank: (out, in) for Linear, (out, in, kh, kw) for Conv2d
 WEIGHT_DIMS = ("out", "in", "kh", "kw")

@@ -9,7 +9,8 @@ after another never disagree. Commits happen at every epoch's end and at least e
 ``commit_seconds`` of training. Weight snapshots and checkpoints, the large writes, go to disk
 on a background thread, one after another in the order they were taken: a snapshot counts as
 committed only once every layer's copy is on disk, and a checkpoint is committed (with the rows
-it belongs to) only once its arrays are on disk.
+it belongs to) only once its arrays are on disk. A B that the rule never changes is written once,
+with the first snapshot (``schema.FIXED``).
 
 One writer per store: the writer holds an OS lock on the store's directory for its whole life
 (``dynalign.writer_lock``), and ``--overwrite`` clears only a dynalign store that no live writer
@@ -111,7 +112,7 @@ class _Appender:
         arrays = {
             name: a.with_config(ARRAY_CONFIG)
             for name, a in group.arrays()
-            if (a.metadata.dimension_names or (None,))[0] == dim
+            if (a.metadata.dimension_names or (None,))[0] == dim and not a.attrs.get(schema.FIXED)
         }
         for a in arrays.values():  # rows past the commit are not part of the run any more
             if a.shape[0] != n:
@@ -171,6 +172,23 @@ def write_all(writes: Iterable[Coroutine]) -> None:
 
 async def _gather(writes: list[Coroutine]) -> list:
     return await asyncio.gather(*writes, return_exceptions=True)
+
+
+def _fixed_array(group: zarr.Group, name: str, column: tuple) -> zarr.Array:
+    """A snapshot array of one row that stands for every snapshot (``schema.FIXED``), written
+    with the first snapshot (readers show none of it before a snapshot is committed)."""
+    trailing, dtype, dims, attrs = column
+    return group.create_array(
+        name,
+        shape=(1, *trailing),
+        chunks=(1, *trailing),
+        dtype=dtype,
+        fill_value=_fill(dtype),
+        dimension_names=("snapshot", *dims),
+        attributes={**attrs, schema.FIXED: True},
+        compressors=None,
+        config=ARRAY_CONFIG,
+    )
 
 
 def _column(dims: tuple[str, ...], trailing: tuple, v: Variable, dtype: str | None = None):
@@ -292,6 +310,7 @@ class RunWriter:
         image_shape: tuple[int, ...] | None = None,
         n_probe: int = 0,
         snapshot_dtype: str = "float32",
+        feedback_fixed: bool = False,
         overwrite: bool = False,
         commit_seconds: float = 10.0,
         _reopen: tuple[WriterLock, zarr.Group, dict[str, int]] | None = None,
@@ -340,6 +359,7 @@ class RunWriter:
                 image_shape,
                 n_probe,
                 snapshot_dtype,
+                feedback_fixed,
             )
             self.manifest = sorted(array_paths(self.root))
         except OSError as err:
@@ -363,6 +383,7 @@ class RunWriter:
         image_shape,
         n_probe,
         snapshot_dtype,
+        feedback_fixed,
     ) -> None:
         self.layers = list(layers)
         n_layers = len(self.layers)
@@ -388,20 +409,25 @@ class RunWriter:
         self.epochs = _Appender.create(epochs, "epoch", columns, 64)
 
         self.snapshots: dict[str, _Appender] = {}
+        self._fixed = {}
         snaps = self.root.create_group("snapshots")
         for name, shape in layers.items():
             cols = {
                 "snapshot_step": _column((), (), schema.SNAPSHOT_STEP),
                 "weight": _column(schema.weight_dims(shape), shape, schema.WEIGHT, snapshot_dtype),
             }
+            group = snaps.create_group(name)
             if name in feedback_shapes:
                 fb = tuple(feedback_shapes[name])
-                dims = schema.feedback_dims(fb, shape)
-                cols["feedback"] = _column(dims, fb, schema.FEEDBACK, snapshot_dtype)
+                column = _column(
+                    schema.feedback_dims(fb, shape), fb, schema.FEEDBACK, snapshot_dtype
+                )
+                if feedback_fixed:
+                    self._fixed[name] = _fixed_array(group, "feedback", column)
+                else:
+                    cols["feedback"] = column
             # trained weights are near-random floats: compressing them costs time, saves ~5%
-            self.snapshots[name] = _Appender.create(
-                snaps.create_group(name), "snapshot", cols, 1, compress=False
-            )
+            self.snapshots[name] = _Appender.create(group, "snapshot", cols, 1, compress=False)
         self._snapshots_done = 0
 
         self.reconstructions = None
@@ -455,6 +481,11 @@ class RunWriter:
             for name in self.layers
         }
         self._snapshots_done = committed["snapshots"]
+        self._fixed = {}  # a fixed B not written yet: no snapshot committed
+        for name in self.layers if not committed["snapshots"] else ():
+            group = self.root[f"snapshots/{name}"]
+            if "feedback" in group and group["feedback"].attrs.get(schema.FIXED):
+                self._fixed[name] = group["feedback"].with_config(ARRAY_CONFIG)
         self.reconstructions = None
         if "reconstructions" in self.root:
             self.reconstructions = _Appender.reopen(
@@ -487,7 +518,16 @@ class RunWriter:
             app.buffers["weight"][i] = weights[name]
             if feedback and "feedback" in app.buffers:
                 app.buffers["feedback"][i] = feedback[name]
-        self._pending = self._background().submit(self._flush_snapshots)
+        # a fixed B goes with the first snapshot; should that fail, the run fails with it, and
+        # a resumed run (no snapshot committed) writes it with its own first one
+        fixed = {n: (a, np.array(feedback[n], dtype=a.dtype)) for n, a in self._fixed.items()}
+        self._fixed = {}
+        self._pending = self._background().submit(self._flush_snapshots, fixed)
+
+    def takes_feedback(self, layer: str) -> bool:
+        """Whether the next snapshot of ``layer`` stores B: every one, or the first where B is
+        fixed (stored once)."""
+        return "feedback" in self.snapshots[layer].buffers or layer in self._fixed
 
     def _background(self) -> ThreadPoolExecutor:
         """The one thread that writes snapshots and checkpoints, in the order submitted."""
@@ -495,7 +535,8 @@ class RunWriter:
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynalign-writes")
         return self._io
 
-    def _flush_snapshots(self) -> None:
+    def _flush_snapshots(self, fixed: dict[str, tuple[zarr.Array, np.ndarray]]) -> None:
+        write_all(a.async_array.setitem(slice(0, 1), v[None]) for a, v in fixed.values())
         for app in self.snapshots.values():
             app.flush()
         self._snapshots_done = next(iter(self.snapshots.values())).n if self.snapshots else 0

@@ -86,7 +86,14 @@ class Trainer:
         probe_inputs = None
         if hasattr(model, "reconstruct"):
             probe_inputs = data.x_val[: config.probes.n_probe_inputs].to(self.device)
-        self.recorder = Recorder(config, model, self.layers, probe_inputs, self.total_steps)
+        self.recorder = Recorder(
+            config,
+            model,
+            self.layers,
+            probe_inputs,
+            self.total_steps,
+            feedback_fixed=rule.feedback_is_fixed(),
+        )
         self.writer = writer
         self.progress = progress
         self.step = 0

@@ -370,3 +370,36 @@ def test_close_trims_the_arrays_before_the_final_commit(tmp_path, monkeypatch):
     raw = zarr.open_group(str(path), mode="r")
     assert raw.attrs["status"] == "completed" and raw.attrs["committed"]["steps"] == 3
     assert raw["steps/loss"].shape == (3,)
+
+
+def test_a_fixed_feedback_is_written_with_the_first_snapshot_and_once(tmp_path):
+    """A B the rule never changes is one row (schema 4), written with the first snapshot: a
+    store read before it shows no B and checks clean, a writer reopened before any snapshot
+    was committed writes it with its own first one, and later snapshots leave it alone."""
+    from dynalign.reader import check_store
+    from dynalign.store import RunWriter
+
+    path = tmp_path / "fixed.zarr"
+    shapes = {"fc1": (2, 3)}
+    writer = RunWriter(path, {}, shapes, shapes, (), probe_variables(), feedback_fixed=True)
+    w, b = np.ones((2, 3), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3)
+    writer.commit()
+    assert open_run(path)["snapshots/fc1"].ds.feedback.shape == (0, 2, 3)
+    assert check_store(path) == [] and not (path / "snapshots/fc1/feedback/c").exists()
+    assert writer.takes_feedback("fc1")
+    writer.snapshot(0, {"fc1": w}, {"fc1": b})  # not committed: as if killed here
+    writer.wait_for_writes()
+    writer.lock.release()
+
+    writer = RunWriter.reopen(path, {"steps": 0, "epochs": 0, "snapshots": 0, "reconstructions": 0})
+    assert writer.takes_feedback("fc1")
+    writer.snapshot(0, {"fc1": w}, {"fc1": b + 1})
+    assert not writer.takes_feedback("fc1")
+    writer.snapshot(5, {"fc1": 2 * w}, {"fc1": b - 7})  # ignored: B is fixed
+    writer.close("completed")
+    ds = open_run(path)["snapshots/fc1"].ds
+    assert list(ds.snapshot_step.values) == [0, 5]
+    np.testing.assert_array_equal(ds.feedback.values, [b + 1, b + 1])
+    np.testing.assert_array_equal(ds.weight.values, [w, 2 * w])
+    assert zarr.open_group(str(path), mode="r")["snapshots/fc1/feedback"].shape == (1, 2, 3)
+    assert check_store(path, decode=True) == []

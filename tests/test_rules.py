@@ -768,9 +768,9 @@ def test_a_snapshot_in_flight_at_a_checkpoint_is_taken_again_on_resume(
     takes it again from the same state. The store equals the unbroken run's."""
     flush = RunWriter._flush_snapshots
 
-    def slow_flush(self):
+    def slow_flush(self, *args):
         time.sleep(0.3)
-        flush(self)
+        flush(self, *args)
 
     monkeypatch.setattr(RunWriter, "_flush_snapshots", slow_flush)
     _kill_in_step(monkeypatch, STOP_AT)

@@ -82,17 +82,30 @@ def _snapshot_steps(path) -> list[int]:
 
 
 def test_a_run_snapshots_on_the_budgeted_log_schedule(tmp_path, tiny_config):
-    """Default: log-spaced, as many as the budget holds (here 3 of this net's snapshots)."""
+    """Default: log-spaced, as many as the budget holds (here 3 of this net's snapshots); a B
+    the rule never changes (FA's) is stored once and counted once, a renewed one (usf's) in
+    every snapshot."""
     from dynalign.record import record
 
-    # fc1 64x32, fc2 32x32, fc3 10x32; W and B in float32
-    one = (64 * 32 + 32 * 32 + 10 * 32) * 2 * 4
-    config = tiny_config(
-        **{"probes.snapshot_every": None, "probes.snapshot_budget": 3.5 * one / 1e6}
-    )
-    assert record(config, tmp_path / "log.zarr", progress=False).status == "completed"
+    # fc1 64x32, fc2 32x32, fc3 10x32 in float32: W, and B of the same shapes
+    weights = (64 * 32 + 32 * 32 + 10 * 32) * 4
+    budgets = {"fa": weights + 3.5 * weights, "usf": 3.5 * 2 * weights}
     total = 2 * 6  # 2 epochs of 300 / 50 steps
-    assert _snapshot_steps(tmp_path / "log.zarr") == list(log_spaced(total, 3)) == [0, 3, 12]
+    for rule, budget in budgets.items():
+        config = tiny_config(
+            **{
+                "rule.name": rule,
+                "probes.snapshot_every": None,
+                "probes.snapshot_budget": budget / 1e6,
+            }
+        )
+        path = tmp_path / f"{rule}.zarr"
+        assert record(config, path, progress=False).status == "completed"
+        assert _snapshot_steps(path) == list(log_spaced(total, 3)) == [0, 3, 12], rule
+        chunks = [f for f in (path / "snapshots").rglob("*") if f.is_file()]
+        written = sum(f.stat().st_size for f in chunks if f.name != "zarr.json")
+        stored = {"fa": 3 * weights + weights, "usf": 3 * 2 * weights}[rule]
+        assert written == pytest.approx(stored, rel=0.01), rule  # W, B, a step each
 
 
 def test_half_precision_snapshots_hold_the_weights_to_float16(tmp_path, tiny_config):
