@@ -34,12 +34,18 @@ class Renewal:
     keys: tuple[int, int] | None = None
     offset: torch.Tensor | None = None
     alpha: float = 0.0
+    #: the recipe B was last written with (a signed magnitude that does not change between
+    #: steps, no keys): B then changes only where W changes sides of zero, and the update's pass
+    #: writes only those elements (``apply`` still writes every one)
+    unchanged: bool = False
 
     def __post_init__(self) -> None:
         if self.offset is not None and (
             self.keys is not None or isinstance(self.magnitude, torch.Tensor)
         ):
             raise ValueError("a renewal is W + alpha·offset or a signed magnitude, not both")
+        if self.unchanged and (self.offset is not None or self.keys is not None):
+            raise ValueError("only a signed magnitude without keys can be an unchanged recipe")
 
     def check(self, weight: torch.Tensor) -> None:
         """Refuse a B or a tensor of the recipe that does not match W."""
@@ -77,6 +83,7 @@ class Renewal:
             kind(2.0**-24),  # the hashed numbers' step: 24 bits, exact in float32
             None if self.offset is None else _flat(self.offset),
             kind(self.alpha),
+            True if self.unchanged else None,
         )
 
     @torch.no_grad()

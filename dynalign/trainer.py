@@ -165,8 +165,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         before = measured = None
         renewals = self.rule.renewals(self.layers, self.optimizer)
-        if self.constraint is None and ("weights_before" in needs or renewals):
-            # one pass writes W (and a renewed B) and measures it; a constraint changes W after
+        if self.constraint is None:
+            # one pass writes W (and a renewed B) and, on a probe step, measures it; a
+            # constraint changes W after the step
             measured = measured_step(
                 self.optimizer,
                 weights,

@@ -73,6 +73,73 @@ def test_renewal_in_the_step_equals_step_then_renewal(kind, dtype, n, threads, t
         assert (fused[2][:20] == 0).all() and (torch.sign(fused[2]) == torch.sign(fused[0])).all()
 
 
+@pytest.mark.parametrize("kind", ["usf", "frsf"])
+@pytest.mark.parametrize("measure", [False, True])
+@pytest.mark.parametrize("n,threads", [(3 * 64 + 5, 1), (PARALLEL_FROM + kernels.BLOCK // 3, 2)])
+def test_an_unchanged_recipe_writes_b_where_w_changed_sides_and_b_ends_the_same(
+    kind, measure, n, threads, torch_threads
+):
+    """usf's and frsf's B depends on W's side of zero alone, so the update's pass writes B
+    only where W left its side (steps large enough that many do; zeros, -0 and NaN among them),
+    or, without sums, in the spans of ``kernels.SPAN`` elements holding such a W: B, W and the
+    velocity end bitwise as with every element written, and B holds its definition; in a span
+    where every W stays on its side, B keeps whatever it held."""
+    torch_threads(threads)
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, generator=g) * 0.01
+    w[:30], w[30:40], w[40] = 0.0, -0.0, float("nan")
+    steady = slice(kernels.SPAN, 2 * kernels.SPAN)  # a span far from zero: no W changes sides
+    w[steady] += 5.0
+    v = torch.randn(n, generator=g) * 0.01
+    grads = [torch.randn(n, generator=g) for _ in range(3)]
+    settings = (np.float32(0.05), np.float32(0.9), np.float32(0.0))
+    runs, sums_by_step = {}, {}
+    for lazy in (False, True):
+        b = torch.empty(n)
+        renewal = _renewal(kind, b, torch.Generator().manual_seed(1))
+        renewal.apply(w)  # B written from W before the first step, as ``attach`` does
+        renewal = Renewal(b, renewal.magnitude, unchanged=lazy)
+        state = (w.clone(), v.clone(), b)
+        marked = []
+        for step, grad in enumerate(grads):
+            before = state[0].clone()
+            if lazy and step == 2:  # a value only a write can change
+                marked = torch.arange(steady.start, steady.start + 5)
+                assert (before[steady] > 1).all()
+                b[marked] = 12.5
+            sums = kernels.sgd_sweep(
+                state[0].numpy(), state[1].numpy(), grad.numpy(), None, *settings, threads,
+                renewal.kernel_args(), measure,
+            )  # fmt: skip
+            if step < 2:  # the pass's sums measure the same B (NaN where W is NaN)
+                sums_by_step.setdefault(step, []).append(sums)
+        runs[lazy] = state, marked
+    for full_sums, lazy_sums in sums_by_step.values():
+        np.testing.assert_allclose(full_sums, lazy_sums, rtol=1e-12)  # summed in another order
+    (full, _), (lazy, marked) = runs[False], runs[True]
+    crossed = (torch.sign(w) != torch.sign(full[0])).sum()
+    assert crossed > n // 20  # the steps did move many weights across zero
+    b_full, b_lazy = full[2].clone(), lazy[2].clone()
+    assert len(marked) == 5 and (b_lazy[marked] == 12.5).all()
+    b_lazy[marked] = b_full[marked]
+    for a, b in zip((*full[:2], b_full), (*lazy[:2], b_lazy), strict=True):
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+        assert torch.equal(torch.signbit(a), torch.signbit(b))  # -0 stays -0
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[marked] = False
+    renewal = _renewal(kind, torch.empty(n), torch.Generator().manual_seed(1))
+    want = _definition(kind, renewal, lazy[0])
+    assert torch.equal(b_lazy[rest][~lazy[0][rest].isnan()], want[rest][~lazy[0][rest].isnan()])
+
+
+def test_an_unchanged_recipe_is_a_signed_magnitude_only():
+    b = torch.zeros(4)
+    with pytest.raises(ValueError, match="unchanged"):
+        Renewal(b, 0.5, (1, 2), unchanged=True)
+    with pytest.raises(ValueError, match="unchanged"):
+        Renewal(b, offset=torch.zeros(4), alpha=1.0, unchanged=True)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_torch_path_gives_the_compiled_numbers(kind):
     """A B the compiled loops do not take (not contiguous) is written by torch's operations,

@@ -40,7 +40,12 @@ class UniformSignFeedback(Rule):
         self.after_step(layers, None)  # the renewals, from W as it is now
 
     def renewals(self, layers, optimizer) -> list[Renewal] | None:
-        return [Renewal(layer.feedback, self._magnitude(layer)) for layer in layers.values()]
+        """The same magnitudes every step (one number, or frsf's fixed M), so B changes only
+        where W changes sides (``Renewal.unchanged``); B was written from them at ``attach``."""
+        return [
+            Renewal(layer.feedback, self._magnitude(layer), unchanged=True)
+            for layer in layers.values()
+        ]
 
 
 class FixedRandomSignFeedback(UniformSignFeedback):
