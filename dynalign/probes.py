@@ -136,7 +136,7 @@ class SnapshotProbe:
     def take(self, writer, step: int) -> None:
         self.previous, self.last = self.last, step
         weights = {n: layer.weight.detach().cpu().numpy() for n, layer in self.layers.items()}
-        feedback = {  # a fixed B was stored with the store's creation
+        feedback = {  # a fixed B only for the first snapshot (it is stored once)
             n: layer.feedback.cpu().numpy()
             for n, layer in self.layers.items()
             if layer.feedback is not None and writer.takes_feedback(n)
