@@ -41,6 +41,7 @@ from scipy.special import xlogy
 
 from dynalign.analyses.alignment import layer_colors
 from dynalign.analyses.smoothing import AnalysisError, format_table, provenance
+from dynalign.schema import FIXED
 
 NAME = "spectra"
 #: the matrices analysed, and the snapshot array each is stored as
@@ -201,10 +202,8 @@ def analyze(tree: xr.DataTree, top: int | None = 32) -> xr.Dataset:
             rows, cols = shapes[m, layer]
             n = min(rows, cols)
             size[:, i, j] = rows, cols, n
-            for k, tensor in _snapshots(node[array].variable):
+            for k, matrix, s in _spectra(node[array].variable):
                 t = where[k]
-                matrix = as_matrix(tensor)
-                s = singular_values(matrix)
                 sv[i, j, t, : min(keep, n)] = s[:keep]
                 entropy[i, j, t] = svd_entropy(s)
                 erank[i, j, t] = effective_rank(entropy[i, j, t], n)
@@ -300,6 +299,20 @@ def analyze(tree: xr.DataTree, top: int | None = 32) -> xr.Dataset:
     )
     result.attrs.update(provenance(tree, NAME, top=None if top is None else int(top)))
     return result
+
+
+def _spectra(variable: xr.Variable):
+    """(index, matrix, singular values) of every snapshot; of a B stored once (a store's
+    ``fixed`` array: the same in every snapshot) worked out once."""
+    if variable.attrs.get(FIXED) and variable.shape[0]:
+        matrix = as_matrix(np.asarray(variable[0].values))
+        s = singular_values(matrix)
+        for k in range(variable.shape[0]):
+            yield k, matrix, s
+        return
+    for k, tensor in _snapshots(variable):
+        matrix = as_matrix(tensor)
+        yield k, matrix, singular_values(matrix)
 
 
 def _snapshots(variable: xr.Variable):

@@ -446,3 +446,21 @@ def test_recorded_fa_run_through_the_cli(tmp_path, tiny_config):
     assert as_json.exit_code == 0, as_json.output
     values = json.loads(as_json.stdout)["runs"][0]["analyses"]["spectra"]["values"]
     assert set(values["entropy_initial"]["W"]) == {"fc1", "fc2", "fc3"}
+
+
+def test_a_b_stored_once_is_decomposed_once(tmp_path, tiny_config, monkeypatch):
+    """A fixed B (schema 4) is the same in every snapshot: one SVD per layer, not one per
+    snapshot, with the values of every snapshot's."""
+    from dynalign.record import record
+
+    path = tmp_path / "fa.zarr"
+    record(tiny_config(**{"train.epochs": 1, "probes.snapshot_every": 2}), path, progress=False)
+    tree = open_run(path)
+    n = tree["snapshots/fc1"].ds.sizes["snapshot"]
+    calls = []
+    exact = spectra.singular_values
+    monkeypatch.setattr(spectra, "singular_values", lambda m: calls.append(m.shape) or exact(m))
+    result = spectra.analyze(tree, top=None)
+    assert n == 4 and len(calls) == 3 * n + 3  # W in every snapshot, B once, three layers
+    b = result["singular_value"].sel(matrix="B", layer="fc1").values
+    assert np.isfinite(b[:, :8]).all() and (b == b[0]).all()
