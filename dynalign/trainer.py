@@ -168,12 +168,13 @@ class Trainer:
         if self.constraint is None:
             # one pass writes W (and a renewed B) and, on a probe step, measures it; a
             # constraint changes W after the step
+            measure = "weights_before" in needs  # B only where the pass measures it
             measured = measured_step(
                 self.optimizer,
                 weights,
-                self._fixed_feedback(layers),
+                self._fixed_feedback(layers) if measure else [None] * len(weights),
                 renewals,
-                measure="weights_before" in needs,
+                measure=measure,
             )
         if measured is None:
             before = self._copy_weights(weights) if "weights_before" in needs else None
