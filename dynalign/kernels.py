@@ -80,7 +80,7 @@ def sgd_sweep(
     float64 arithmetic, not memory, would set the pace."""
     return _run(
         (_sgd_serial, _sgd_parallel), weight.size, 7 if measure else 0, threads,
-        weight, velocity, grad, feedback, lr, momentum, decay, *renew,
+        weight, velocity, grad, feedback, lr, momentum, None if decay == 0 else decay, *renew,
     )  # fmt: skip
 
 
@@ -186,7 +186,11 @@ def _sgd_block(
     ``w.add_(v, alpha=-lr)``; its vectorised add with alpha is a fused multiply-add, its
     multiplication by a scalar a plain one, so here: g = fma(w, decay, grad), v = v·m + g
     (an add after a rounded product: reassoc does not contract them), w = fma(v, -lr, w).
-    ``dynalign.measured_step`` checks the result against torch's before using it. With
+    ``dynalign.measured_step`` checks the result against torch's before using it. Sign
+    changes and zeros are counted in float64 from the conversions the sums make anyway
+    (``_opposite``), without a weight decay the decay's branch is compiled out (``decay``
+    None): on a 512×3072 layer and three smaller ones the pass with its sums went from 2.2 to
+    1.7 ms (warm caches), and inside a training step from 3.7 to 2.9 ms. With
     ``out``, B is renewed from the new W (``_renewed``) and summed as the B of the sums; with
     ``flips_only`` too, only where W left its side of zero (``_writes_feedback``)."""
     lo = k * BLOCK
@@ -203,16 +207,15 @@ def _sgd_block(
             if out is not None:
                 o[i] = _renewed(after, lo + i, m, keys, scale, step_, d, alpha, i)
         return
-    one, nought = np.float32(1), np.float32(0)
-    flips = zeros = nought
+    flips = zeros = 0.0
     sums = (0.0, 0.0, 0.0, 0.0)
     grad_sq = 0.0
     for i in range(w.size):
         before = w[i]
         grad_sq += np.float64(g[i]) * np.float64(g[i])
         after = _sgd_update(w, v, g, velocity, lr, momentum, decay, i)
-        flips += one if ((before > 0) & (after < 0)) | ((before < 0) & (after > 0)) else nought
-        zeros += one if after == 0 else nought
+        flips += 1.0 if _opposite(before, after) else 0.0
+        zeros += 1.0 if np.float64(after) == 0 else 0.0
         if out is not None:
             if _writes_feedback(flips_only, before, after):
                 o[i] = _renewed(after, lo + i, m, keys, scale, step_, d, alpha, i)
@@ -264,9 +267,10 @@ def _sgd_spans(w, v, g, velocity, lr, momentum, decay, o, m, scale, lo) -> None:
 
 @numba.njit(inline="always", **_jit)
 def _sgd_update(w, v, g, velocity, lr, momentum, decay, i):
-    """Weight i's SGD update in place (and its velocity's, with momentum); the new weight."""
+    """Weight i's SGD update in place (and its velocity's, with momentum); the new weight.
+    ``decay`` None: no weight decay (numba drops the branch, which LLVM left in the loop)."""
     before = w[i]
-    step = g[i] if decay == 0 else _fma(before, decay, g[i])
+    step = g[i] if decay is None else _fma(before, decay, g[i])
     if velocity is not None:  # (numba drops the branch for an argument None)
         step = v[i] * momentum + step
         v[i] = step
@@ -314,6 +318,19 @@ def _writes_feedback_compiled(flips_only, before, after):
     return lambda flips_only, before, after: (
         not (((before > 0) & (after > 0)) | ((before < 0) & (after < 0)))
     )
+
+
+def _opposite(before, after):
+    """Whether W went from one side of zero to the other (NaN and zeros on neither side)."""
+
+
+@overload(_opposite, inline="always")
+def _opposite_compiled(before, after):
+    if isinstance(before, types.Float) and before.bitwidth == 32:
+        # the float64 product of two float32 values is exact: negative exactly when they lie
+        # on opposite sides of zero; the compare rides on the sums' conversions to float64
+        return lambda before, after: np.float64(before) * np.float64(after) < 0
+    return lambda before, after: ((before > 0) & (after < 0)) | ((before < 0) & (after > 0))
 
 
 def _renewed(after, index, magnitude, keys, scale, step, offset, alpha, i):

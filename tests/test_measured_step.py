@@ -2,6 +2,8 @@
 exactly as torch's own step leaves them, the sums as a float64 computation gives them, and the
 copy-and-step way wherever the fused one does not apply."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,35 @@ def test_sgd_sweep_steps_as_torchs_sgd_and_sums_in_float64(dtype, momentum, deca
             assert sums[6] == pytest.approx(float((grad.double() ** 2).sum()), rel=1e-12)
     finally:
         torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sgd_sweep_counts_flips_and_zeros_at_the_edges(dtype):
+    """Sign changes and zeros counted on the values the step leaves, at the edges of the
+    number line: ±0 on either side (no side), NaN (no side), ±inf, subnormals crossing zero
+    (their product underflows in the weights' dtype), the largest values. The counts are
+    compared with the compare-based definition of ``weight_step``, per element."""
+    info = torch.finfo(dtype)
+    tiny = info.smallest_normal * info.eps  # the smallest subnormal
+    # (W before, W after): the step is lr 1, no momentum, no decay, so g = before - after
+    pairs = [
+        (tiny, -tiny), (-tiny, tiny), (tiny, 0.0), (0.0, -tiny), (-0.0, tiny), (0.0, -0.0),
+        (1.0, -0.0), (-1.0, 0.0), (info.max, -info.max), (1.0, 2.0), (-1.0, -3.0),
+        (math.inf, -1.0), (-1.0, math.inf), (math.nan, 1.0), (1.0, math.nan), (2.0, -2.0),
+    ]  # fmt: skip
+    pairs = pairs * 5  # past a vector's width, with a tail
+    before = torch.tensor([b for b, _ in pairs], dtype=dtype)
+    wanted = torch.tensor([a for _, a in pairs], dtype=dtype)
+    weight = before.clone()
+    grad = torch.where(torch.isfinite(before) & torch.isfinite(wanted), before - wanted, 0.0)
+    kind = np.float64 if dtype == torch.float64 else np.float32
+    sums = kernels.sgd_sweep(
+        weight.numpy(), None, grad.numpy(), None, kind(1.0), kind(0.0), kind(0.0), 1
+    )
+    after = weight  # what the step left: the definition is applied to it, not to ``wanted``
+    flips = ((before > 0) & (after < 0)) | ((before < 0) & (after > 0))
+    assert sums[2] == int(flips.sum()) and sums[3] == int((after == 0).sum())
+    assert int(flips.sum()) == 5 * 4  # subnormals both ways, the largest values, ±2
 
 
 def _net(seed=0):
