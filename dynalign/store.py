@@ -321,6 +321,7 @@ class RunWriter:
         self._pending: Future | None = None
         self._pending_step = -1  # the step of the snapshot ``_pending`` writes
         self._checkpoint: Future | None = None  # a checkpoint being written and committed
+        self._publishing: Future | None = None  # a commit's lengths being made durable
         self._snapshots_before = 0  # snapshot rows on disk before it
         #: a checkpoint's zarr arrays by "slot/name", opened once, those of them holding a
         #: value that never changes during the run, and the host copies being written (see
@@ -589,11 +590,20 @@ class RunWriter:
         if pending is not None:
             pending.result()
 
+    def _finish_publishing(self) -> None:
+        """Wait for a commit being published in the background (``commit_if_due``); its
+        error (a full disk: OSError) is raised here, once."""
+        pending, self._publishing = self._publishing, None
+        if pending is not None:
+            pending.result()
+
     def wait_for_writes(self) -> None:
-        """Wait for the snapshot and the checkpoint being written in the background; a failed
-        snapshot is raised here as a StoreError, a failed checkpoint's OSError as it is."""
+        """Wait for the snapshot, the checkpoint and the commit being written in the
+        background; a failed snapshot is raised here as a StoreError, a failed checkpoint's or
+        commit's OSError as it is."""
         self._finish_snapshot()
         self.finish_checkpoint()
+        self._finish_publishing()
 
     def reconstruction(self, step: int, values: np.ndarray) -> None:
         app = self.reconstructions
@@ -650,7 +660,8 @@ class RunWriter:
         ``update_attributes`` writes the root metadata once; ``attrs.update`` would write it
         once per key, so a kill (or full disk) between could keep half a commit.
         """
-        self.finish_checkpoint()  # it writes the same attributes
+        self.finish_checkpoint()  # they write the same attributes
+        self._finish_publishing()
         lengths = self.committed_lengths()
         self._publish(lengths, **attrs)
         return lengths
@@ -663,13 +674,21 @@ class RunWriter:
 
     def commit_if_due(self, seconds: float | None = None) -> None:
         """A commit once ``seconds`` (default ``commit_seconds``) have passed since the last:
-        bounds what a hard kill can lose, and how often every written file is fsynced. A
-        checkpoint that failed in the background raises its error here, a step later."""
+        bounds what a hard kill can lose, and how often every written file is fsynced. The rows
+        are written now; their fsyncs and the committed lengths (half a commit's time, waiting
+        for the disk) follow on the background thread, after any snapshot or checkpoint taken
+        before, so readers see them a moment later. A checkpoint or commit that failed in the
+        background raises its error here, a step later."""
         if self._checkpoint is not None and self._checkpoint.done():
             self.finish_checkpoint()
+        if self._publishing is not None and self._publishing.done():
+            self._finish_publishing()
         wait = self.commit_seconds if seconds is None else seconds
-        if time.monotonic() - self._last_commit >= wait:
-            self.commit()
+        if self._publishing is None and time.monotonic() - self._last_commit >= wait:
+            lengths = self.committed_lengths()
+            self._last_commit = time.monotonic()
+            arrays = list(self.manifest)  # as of now: the main thread may add to it
+            self._publishing = self._background().submit(self._publish, lengths, arrays=arrays)
 
     def close(self, status: str, message: str = "", **attrs: Any) -> None:
         """Finish every write, commit, set the final status and release the writer lock; a

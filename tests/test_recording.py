@@ -283,6 +283,42 @@ def test_a_flush_that_fails_half_way_keeps_its_rows(tmp_path):
     np.testing.assert_array_equal(steps.loss.values, [0.5, 1.0, 1.5])
 
 
+def test_a_due_commit_is_published_in_the_background_and_its_failure_raised_after(tmp_path):
+    """``commit_if_due`` writes the rows at once and publishes their lengths (fsyncs and the
+    root metadata) on the writer's thread: readers see them once it is done. Where that
+    fails (a full disk), the committed lengths stay the last published ones, the next check
+    raises the error, and a commit after it publishes every row."""
+    from dynalign.store import RunWriter
+
+    path = tmp_path / "c.zarr"
+    writer = RunWriter(path, {}, {"fc1": (2, 3)}, {}, (), probe_variables(), commit_seconds=0)
+    for step in (1, 2):
+        writer.append_step({"step": step, "epoch": 1, "loss": 1.0})
+    writer.commit_if_due()
+    assert writer._publishing is not None  # handed to the writer's thread
+    writer.wait_for_writes()
+    assert open_run(path)["steps"].ds.sizes["step"] == 2
+
+    sync, failures = writer.store.sync, []
+
+    def fails_once():
+        if not failures:
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        sync()
+
+    writer.store.sync = fails_once
+    writer.append_step({"step": 3, "epoch": 1, "loss": 1.0})
+    writer.commit_if_due()
+    writer._publishing.exception()  # let it end (and fail)
+    assert zarr.open_group(str(path), mode="r").attrs["committed"]["steps"] == 2
+    with pytest.raises(OSError, match="No space"):
+        writer.commit_if_due()
+    writer.commit()
+    assert open_run(path)["steps"].ds.sizes["step"] == 3
+    writer.close("completed")
+
+
 def test_appended_arrays_grow_a_chunk_at_a_time_and_close_trims_them(tmp_path):
     """A flush grows the arrays to whole chunks (no metadata rewritten while rows fill a
     chunk); readers stop at the committed length meanwhile, and ``close`` trims to it."""
