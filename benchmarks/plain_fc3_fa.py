@@ -7,7 +7,7 @@ fixed random feedback matrix B in place of W (feedback alignment), SGD with mome
 0.01, batches of 100, 30 epochs, and after each epoch the loss and accuracy on the training and
 validation sets. Prints the last epoch's validation accuracy. With ``--freeze-at-exit`` it
 ends as ``dynalign`` does, with ``gc.freeze()``, which spares the interpreter's shutdown the
-collections that walk every object torch and scikit-learn created (about 0.7 s): the
+collections that walk every object torch and scikit-learn created (0.7–0.8 s): the
 like-for-like floor.
 
     python benchmarks/plain_fc3_fa.py [--epochs 30] [--threads 1] [--freeze-at-exit]
