@@ -189,8 +189,7 @@ def _sgd_block(
     ``dynalign.measured_step`` checks the result against torch's before using it. Sign
     changes and zeros are counted in float64 from the conversions the sums make anyway
     (``_opposite``), without a weight decay the decay's branch is compiled out (``decay``
-    None): on a 512×3072 layer and three smaller ones the pass with its sums went from 2.2 to
-    1.7 ms (warm caches), and inside a training step from 3.7 to 2.9 ms. With
+    None): both keep the loop's extra work off a probe step (figures in the README). With
     ``out``, B is renewed from the new W (``_renewed``) and summed as the B of the sums; with
     ``flips_only`` too, only where W left its side of zero (``_writes_feedback``)."""
     lo = k * BLOCK
