@@ -92,11 +92,11 @@ class Conv2d(FeedbackLayer):
         if self.propagates_through_weight():
             out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
             return self._capture(out)
-        out = _Conv2dFn.apply(x, self.weight, self.bias, self.feedback, self)
+        out = _Conv2dFn.apply(x, self.weight, self.bias, self._feedback_for(x), self)
         return self._capture(out)
 
     def extra_repr(self) -> str:
-        rule = "bp" if self.feedback is None else "feedback"
+        rule = "feedback" if self.has_feedback() else "bp"
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, backward={rule}"

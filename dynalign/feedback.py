@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,14 @@ class FeedbackLayer(nn.Module):
     pre-activation output (and input) so that probes can compare the error signal arriving
     there under the rule and under BP (the delta angle), and rebuild weight gradients from
     error and input where that is cheaper than asking autograd for them.
+
+    A rule that renews B from W after every step (``dynalign.renewal``) may leave the renewal
+    owed (``defer_renewal``) where no backward pass sends an error through B: a layer whose
+    input needs no gradient, the first layer of a net, whose B (three quarters of a 3×512
+    net's on 3072 inputs) only probes, snapshots and checkpoints read. Reading ``feedback``
+    writes an owed renewal first, from W as it is then, which is W as the step left it (a
+    renewal is a function of W and of the step's recipe only), so every reader sees the B that
+    renewing after every step gives, bitwise; ``state_dict`` and moves read it too.
     """
 
     feedback: torch.Tensor | None
@@ -105,6 +114,60 @@ class FeedbackLayer(nn.Module):
         self.captured_inputs: list[torch.Tensor] = []
         self.exact_weight_grad = True  # False: exact_gradients() passes skip this weight's grad
         self.exact_bias_grad = True  # False: ... and this bias's
+        #: whether the last forward pass under autograd sends an error through B (its input
+        #: needs a gradient); where it does not, a renewal of B can wait (``defer_renewal``)
+        self.feedback_needed = True
+
+    # -- B renewed when read (see the class docstring) -----------------------------------------
+    def __getattr__(self, name: str):
+        if name == "feedback":
+            self._write_owed_renewal()
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "feedback":  # a new B owes nothing
+            self.__dict__["_owed"] = None
+        super().__setattr__(name, value)
+
+    def defer_renewal(self, renewal) -> None:
+        """Owe B this ``Renewal`` (of W after the step just taken) until B is next read; it
+        replaces any renewal owed before (a renewal writes every element from W alone)."""
+        self.__dict__["_owed"] = renewal
+
+    def take_owed_renewal(self):
+        """The renewal B is owed, no longer owed (the caller writes B afresh), or None."""
+        owed = self.__dict__.get("_owed")
+        self.__dict__["_owed"] = None
+        return owed
+
+    def feedback_buffer(self) -> torch.Tensor | None:
+        """B's tensor as it stands, an owed renewal not written: for code that only looks at
+        its shape or writes it whole (a rule's renewal targets it)."""
+        return self._buffers["feedback"]
+
+    def _write_owed_renewal(self) -> None:
+        owed = self.take_owed_renewal()
+        if owed is not None:
+            owed.apply(self._parameters["weight"].detach())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        self._write_owed_renewal()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.take_owed_renewal()  # B is replaced whole
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse: bool = True):
+        self._write_owed_renewal()  # the renewal holds the tensors of before the move
+        return super()._apply(fn, recurse)
+
+    def _feedback_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        """B for the backward pass of this forward pass: read (an owed renewal written) only
+        where that pass sends an error through it, i.e. where the input needs a gradient."""
+        needed = x.requires_grad
+        self.__dict__["feedback_needed"] = needed
+        return self.feedback if needed else self._buffers["feedback"]
 
     def fan_in(self) -> int:
         return self.weight[0].numel()
@@ -119,11 +182,16 @@ class FeedbackLayer(nn.Module):
         step."""
         if not torch.is_grad_enabled():
             return True
-        return self.feedback is None and self.route is None and not self.capturing
+        return self.feedback_buffer() is None and self.route is None and not self.capturing
+
+    def has_feedback(self) -> bool:
+        """Does the rule give this layer a B?"""
+        return self.feedback_buffer() is not None
 
     def has_weight_shaped_feedback(self) -> bool:
         """Does B exist with W's shape (so that the angle between W and B is defined)?"""
-        return self.feedback is not None and self.feedback.shape == self.weight.shape
+        b = self.feedback_buffer()
+        return b is not None and b.shape == self.weight.shape
 
     def init_bound(self) -> float:
         """Half-width of the uniform distribution the forward weights were drawn from."""
@@ -163,11 +231,25 @@ class Linear(FeedbackLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.propagates_through_weight():
             return self._capture(F.linear(x, self.weight, self.bias), x)
-        return self._capture(_LinearFn.apply(x, self.weight, self.bias, self.feedback, self), x)
+        b = self._feedback_for(x)
+        return self._capture(_LinearFn.apply(x, self.weight, self.bias, b, self), x)
 
     def extra_repr(self) -> str:
-        rule = "bp" if self.feedback is None else "feedback"
+        rule = "feedback" if self.has_feedback() else "bp"
         return f"{self.in_features}, {self.out_features}, backward={rule}"
+
+
+class CurrentFeedback(Sequence):
+    """Each layer's B, read (an owed renewal written) only where it is asked for."""
+
+    def __init__(self, layers: list[FeedbackLayer]):
+        self.layers = layers
+
+    def __getitem__(self, i):
+        return self.layers[i].feedback
+
+    def __len__(self) -> int:
+        return len(self.layers)
 
 
 def feedback_layers(model: nn.Module) -> dict[str, FeedbackLayer]:

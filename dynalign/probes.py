@@ -13,6 +13,7 @@ in one transfer per group; angles are computed in float64 (``dynalign.angles``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,7 @@ class StepContext:
     step: int
     names: list[str]
     weights: list[torch.Tensor]  # W after the step (and after any sign constraint)
-    feedback: list[torch.Tensor | None]  # B after the rule's after_step
+    feedback: Sequence[torch.Tensor | None]  # B after the step (read: an owed renewal written)
     routed: list[bool]  # the layer's error does not come through B layer by layer (DFA)
     gradients: Gradients | None = None
     weights_before: list[torch.Tensor] | None = None  # a buffer the trainer reuses

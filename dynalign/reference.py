@@ -78,7 +78,7 @@ def backward(
     )
     if not reference:
         return result
-    if not any(layer.feedback is not None or layer.route is not None for layer in layers):
+    if not any(layer.has_feedback() or layer.route is not None for layer in layers):
         # no layer has a B: the rule *is* backprop, a second pass would repeat it
         result.bp_grads, result.bp_deltas = list(result.rule_grads), result.rule_deltas
         return result

@@ -9,17 +9,22 @@ on the CPU the optimiser's own pass writes B as it writes W (``dynalign.measured
 ``apply`` writes it on its own elsewhere (another optimiser, a sign constraint, the first step,
 another device). On the CPU both evaluate the same compiled expression, so B comes out
 bitwise the same either way; torch's operations, with the same arithmetic, serve other devices
-and layouts.
+and layouts. Where no backward pass sends an error through B (a layer whose input needs no
+gradient), an unprobed step leaves the renewal owed, and reading B writes it (``split_owed``,
+``FeedbackLayer.defer_renewal``): the first layer's B is most of a net's, and only probes,
+snapshots and checkpoints read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .feedback import FeedbackLayer
 from .sign_concordant import hashed_uniform, multiplier
 
 
@@ -111,6 +116,31 @@ class Renewal:
     def _keys(self) -> tuple[int, int]:
         ka, kb = self.keys
         return int(ka) & 0xFFFFFFFF, int(kb) & 0xFFFFFFFF
+
+
+def split_owed(
+    renewals: list[Renewal] | None, layers: list[FeedbackLayer], measure: bool
+) -> tuple[list[Renewal | None] | None, list[Renewal | None]]:
+    """This step's renewals split into those written now, in the optimiser's pass, and those
+    each layer is owed instead (``FeedbackLayer.defer_renewal``): on a step whose B is not
+    measured, the B of a layer whose forward pass sent no error through it. Renewals owed from
+    earlier steps are dropped, as B is written whole now or owed afresh; a B that was owed one
+    is written whole (an unchanged recipe writes only where W changed sides)."""
+    if renewals is None:
+        return None, []
+    now: list[Renewal | None] = []
+    owed: list[Renewal | None] = []
+    for renewal, layer in zip(renewals, layers, strict=True):
+        stale = layer.take_owed_renewal() is not None
+        if renewal is not None and not measure and not layer.feedback_needed:
+            now.append(None)
+            owed.append(renewal)
+            continue
+        if stale and renewal is not None and renewal.unchanged:
+            renewal = dataclasses.replace(renewal, unchanged=False)
+        now.append(renewal)
+        owed.append(None)
+    return now, owed
 
 
 def renew(renewals: list[Renewal], weights: Iterable[torch.Tensor]) -> None:

@@ -21,12 +21,12 @@ from .allocator import keep_freed_memory
 from .config import Config
 from .constraints import SignConstraint
 from .data import Dataset
-from .feedback import FeedbackLayer, feedback_layers
+from .feedback import CurrentFeedback, FeedbackLayer, feedback_layers
 from .measured_step import measured_step
 from .models import Network
 from .probes import StepContext
 from .recorder import CAPTURE, Recorder
-from .renewal import renew
+from .renewal import renew, split_owed
 from .rules import Rule
 from .store import RunWriter
 from .weight_step import host_floats
@@ -169,13 +169,18 @@ class Trainer:
             # one pass writes W (and a renewed B) and, on a probe step, measures it; a
             # constraint changes W after the step
             measure = "weights_before" in needs  # B only where the pass measures it
+            now, owed = split_owed(renewals, layers, measure)
             measured = measured_step(
                 self.optimizer,
                 weights,
                 self._fixed_feedback(layers) if measure else [None] * len(weights),
-                renewals,
+                now,
                 measure=measure,
             )
+            if measured is not None:  # else every B is renewed below
+                for layer, renewal in zip(layers, owed, strict=False):
+                    if renewal is not None:
+                        layer.defer_renewal(renewal)
         if measured is None:
             before = self._copy_weights(weights) if "weights_before" in needs else None
             self.optimizer.step()
@@ -196,7 +201,7 @@ class Trainer:
             step=self.step,
             names=self.names,
             weights=[w.detach() for w in weights],
-            feedback=[layer.feedback for layer in layers],
+            feedback=CurrentFeedback(layers),  # read when a probe reads it
             routed=[layer.route is not None for layer in layers],
             gradients=gradients,
             weights_before=before,

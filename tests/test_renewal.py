@@ -1,7 +1,8 @@
 """B renewed from W element by element (``dynalign.renewal``): written inside SGD's compiled
 pass, it equals SGD's step followed by the renewal on its own, bitwise, and each kind equals its
 definition computed by torch; the sums of the pass measure the renewed B; a recorded run gives
-the same trajectory whether the renewal rides in the optimiser's pass or not."""
+the same trajectory whether the renewal rides in the optimiser's pass or not, and whether a B
+that no error passes through is renewed after every step or when it is read."""
 
 import numpy as np
 import pytest
@@ -171,25 +172,83 @@ def test_renewing_in_the_optimisers_pass_does_not_change_the_run(
     tmp_path, tiny_config, rule, monkeypatch
 ):
     """A run whose steps write W (and a renewed B) in SGD's compiled pass, and the same run with
-    that pass declined (torch's step, then any renewal on its own), with and without probes:
-    the same losses, probe values and snapshots of W and B, bitwise; brsf's key stream
-    included; FA, whose B stays, takes the compiled step on probed steps."""
+    that pass declined (torch's step, then every renewal on its own), with probes on every
+    step, on none and on every third (the first layer's B owed its renewal on the steps
+    between, then measured): the same losses, probe values and snapshots of W and B, bitwise;
+    brsf's key stream included; FA, whose B stays, takes the compiled step on probed steps."""
     from dynalign.record import record
 
     runs = {}
     for fused in (True, False):
         if not fused:
             monkeypatch.setattr("dynalign.trainer.measured_step", lambda *a, **k: None)
-        for every in (1, 0):
+        for every in (1, 0, 3):
             cfg = tiny_config(**{"rule.name": rule, "probes.every": every,
                                  "train.weight_decay": 1e-3})  # fmt: skip
             path = tmp_path / f"{fused}-{every}.zarr"
             record(cfg, path, progress=False)
             runs[fused, every] = store_arrays(path)
-    for every in (1, 0):
+    for every in (1, 0, 3):
         assert sorted(runs[True, every]) == sorted(runs[False, every])
         for name, value in runs[True, every].items():
             if name.startswith("steps/") or name.startswith("snapshots/"):
                 np.testing.assert_array_equal(value, runs[False, every][name], err_msg=name)
     loss = "steps/loss"
     np.testing.assert_array_equal(runs[True, 1][loss], runs[True, 0][loss])
+
+
+def _renew_all_now(renewals, layers, measure):
+    return renewals, []
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf", "kp"])
+def test_a_b_no_error_passes_through_is_renewed_when_read(rule, monkeypatch):
+    """The first layer's input (the data) needs no gradient, so no backward pass reads its B:
+    on an unprobed step its renewal is owed, not written. Read through the attribute, the
+    probes' view or ``state_dict``, it is bitwise the B of a twin trainer that renews every B
+    after every step, with the same W; the other layers' B are written in the step."""
+    from dynalign.config import build_config
+    from dynalign.feedback import CurrentFeedback
+    from dynalign.record import prepare
+    from dynalign.trainer import Trainer
+
+    def trainer() -> Trainer:
+        config = build_config(overrides={
+            "rule.name": rule, "model.depth": 2, "model.width": 32, "data.n_train": 300,
+            "data.n_val": 100, "train.batch_size": 30, "train.weight_decay": 1e-3,
+        })  # fmt: skip
+        data, model, constraint, rule_object = prepare(config)
+        return Trainer(config, data, model, rule_object, None, constraint, progress=False)
+
+    owing, twin = trainer(), trainer()
+    x, y = owing.data.x_train, owing.data.y_train
+    first = list(owing.layers)[0]
+    changed = 0
+    for step in range(8):
+        batch = slice(30 * step, 30 * step + 30)
+        owing.train_batch(x[batch], y[batch])
+        with monkeypatch.context() as m:  # the twin renews every B in the step's own pass
+            m.setattr("dynalign.trainer.split_owed", _renew_all_now)
+            twin.train_batch(x[batch], y[batch])
+        if step == 0:
+            continue  # SGD's first step creates the velocity: torch's step, B renewed after it
+        for name, layer in owing.layers.items():
+            assert torch.equal(layer.weight, twin.layers[name].weight)
+            expected = twin.layers[name].feedback
+            if name != first:  # written in the step: nothing owed
+                assert torch.equal(layer.feedback_buffer(), expected), name
+            else:
+                changed += not torch.equal(layer.feedback_buffer(), expected)
+        how = step % 3
+        if how == 0:
+            got = dict(zip(owing.layers, CurrentFeedback(list(owing.layers.values())), strict=True))
+        elif how == 1:
+            state = owing.model.state_dict()
+            got = {n: state[f"{n}.feedback"] for n in owing.layers}
+        else:
+            got = {n: layer.feedback for n, layer in owing.layers.items()}
+        for name, b in got.items():
+            assert torch.equal(b, twin.layers[name].feedback), (rule, step, how, name)
+        assert torch.equal(owing.layers[first].feedback_buffer(), twin.layers[first].feedback)
+    if rule in ("brsf", "kp"):  # B follows every change of W: owed, it stood still
+        assert changed == 7

@@ -68,7 +68,7 @@ class KolenPollack(FeedbackAlignment):
         """B = W + α·D₀ at the α the rule holds now."""
         return [
             Renewal(
-                layer.feedback,
+                layer.feedback_buffer(),
                 offset=layer.feedback_offset_start,
                 alpha=float(layer.feedback_offset_scale[0]),
             )

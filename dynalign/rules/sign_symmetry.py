@@ -43,7 +43,7 @@ class UniformSignFeedback(Rule):
         """The same magnitudes every step (one number, or frsf's fixed M), so B changes only
         where W changes sides (``Renewal.unchanged``); B was written from them at ``attach``."""
         return [
-            Renewal(layer.feedback, self._magnitude(layer), unchanged=True)
+            Renewal(layer.feedback_buffer(), self._magnitude(layer), unchanged=True)
             for layer in layers.values()
         ]
 
@@ -85,7 +85,7 @@ class BatchRandomSignFeedback(UniformSignFeedback):
             return None
         return [
             Renewal(
-                layer.feedback,
+                layer.feedback_buffer(),
                 layer.init_bound() * self.config.scale,
                 tuple(torch.randint(0, 1 << 32, (2,), generator=self.draws).tolist()),
             )
