@@ -18,8 +18,16 @@ A 3x512 ReLU MLP on 3072-dimensional inputs (CIFAR-10 sized), batch 100, SGD wit
       of a step's arithmetic)
 and for the default ConvNet (3x3 conv 16 and 32 channels, each with ReLU and 2x2 max pool, a
 linear read-out) on 3x32x32 images, batch 100, as ratios to its own plain-torch twin:
-  (conv a) plain torch.nn.Conv2d/Linear, backprop
+  (conv a) plain torch.nn.Conv2d/Linear, backprop, images in torch's default layout as a
+           plain script passes them (the row the target is set against)
+  (conv a, channels-last) the same with the images in channels-last layout, the layout
+           dynalign's ConvNet runs in on the CPU: one line in a plain script, and what its
+           own feature maps cost there
+  (conv c) dynalign FA, no probes
   (conv d) dynalign FA, every probe on every step, store written as in (d)
+The conv rows give their ratio to (conv a) and to the channels-last twin: the first is what
+using dynalign costs against a plain script as usually written, the second what its rule and
+probes cost over the same arithmetic.
 Variants are timed in interleaved rounds and each reports its median time per step, so a
 machine that is busy for a while slows all of them alike; a recording variant's round ends when
 its background writes have, so that none of its work is timed in the next variant's round. A
@@ -104,16 +112,21 @@ def plain_convnet() -> nn.Module:
 
 
 def plain_torch_stepper(
-    data: Dataset, lr: float = 0.01, conv: bool = False, weight_decay: float = 0.0
+    data: Dataset,
+    lr: float = 0.01,
+    conv: bool = False,
+    weight_decay: float = 0.0,
+    channels_last: bool = False,
 ):
     torch.manual_seed(0)
     model = (plain_convnet() if conv else plain_mlp()).to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(x.contiguous(memory_format=layout)), y)
         loss.backward()
         opt.step()
         return loss.item()
@@ -187,6 +200,7 @@ def dynalign_stepper(
 PLAIN = "(a) torch nn.Linear, BP"
 PLAIN_DECAY = f"(a, decay) the same, weight decay {KP_DECAY:g}"
 PLAIN_CONV = "(conv a) torch nn.Conv2d, BP"
+PLAIN_CONV_LAST = "(conv a, channels-last) the same"
 
 
 def reference(name: str) -> str:
@@ -249,10 +263,12 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
     if conv:
         images = synthetic(BATCH * 10, IMAGE)
         variants[PLAIN_CONV] = plain_torch_stepper(images, conv=True)
+        variants[PLAIN_CONV_LAST] = plain_torch_stepper(images, conv=True, channels_last=True)
+        variants["(conv c) FA, no probes"] = dynalign_stepper(images, "fa", 0, None, conv=True)[0]
         variants["(conv d) FA, all probes every step + store"] = dynalign_stepper(
             images, "fa", 1, tmp / "conv-d.zarr", conv=True
         )[0]
-        inputs.update(dict.fromkeys(list(variants)[-2:], batches_of(images)))
+        inputs.update(dict.fromkeys(list(variants)[-4:], batches_of(images)))
     for name, step in variants.items():  # warm-up: first calls allocate and pick kernels
         time_steps(step, inputs[name], 5)
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -277,9 +293,14 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
             if goal is None
             else f"   target <= {goal:.2f}: " + ("met" if ratio <= goal else "NOT met")
         )
+        same_layout = ""
+        if name.startswith("(conv") and name != PLAIN_CONV:
+            last = med / statistics.median(samples[PLAIN_CONV_LAST])
+            same_layout = f"   to channels-last twin {last:5.2f}"
         print(
             f"  {name:<42} {med * 1e3:8.2f} ms/step   ratio {ratio:5.2f}"
             f"   fastest {best * 1e3:8.2f} ms   ratio {best / min(ref):5.2f}{verdict}"
+            f"{same_layout}"
         )
     trainer = variants["(d) FA, all probes every step + store"].trainer
     writer = trainer.writer

@@ -102,8 +102,15 @@ def backward(
 
 
 def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack tensors (N, ..., F) into one (rows, F) matrix: one row per sample (and time step)."""
-    rows = [t.detach().reshape(-1, t.shape[-1]) for t in tensors]
+    """Stack tensors (N, ..., F) into one (rows, F) matrix: one row per sample (and time step).
+
+    A feature map (N, C, H, W) gives a row of C channels per sample and position, whatever its
+    memory layout: a channels-last map (see ``dynalign.conv``) is then viewed, not copied, and
+    two maps of different layouts still pair element by element."""
+    rows = []
+    for t in tensors:
+        t = t.detach().movedim(1, -1) if t.dim() == 4 else t.detach()
+        rows.append(t.reshape(-1, t.shape[-1]))
     return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 

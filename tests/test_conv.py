@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,6 +140,25 @@ def test_no_grad_forward_matches_and_is_captured():
     assert len(layer.captured) == 2 and layer.captured[0] is with_grad
 
 
+@pytest.mark.parametrize("rule", ["bp", "fa"])
+def test_feature_maps_run_channels_last_on_the_cpu_and_w_keeps_its_layout(rule):
+    """The activations take the layout the CPU's kernels run fastest in; W's gradient keeps
+    W's own layout, which the compiled optimiser's pass needs (it declines any other), under
+    the rule and inside exact_gradients() alike."""
+    layer, x = _layer(1, 1), _input((6, 6))
+    if rule == "fa":
+        _attach_fa(layer)
+    layer.capturing = True  # a probed step: the rule's autograd function, also under BP
+    for exact in (False, True):
+        out = layer(x)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        with exact_gradients() if exact else contextlib.nullcontext():
+            grad_w, grad_x = torch.autograd.grad(out.square().sum(), (layer.weight, x))
+        assert grad_w.is_contiguous() and grad_w.shape == layer.weight.shape
+        _, (_, true_w, _) = _reference_grads(layer, x, 2 * out.detach())
+        torch.testing.assert_close(grad_w, true_w)
+
+
 def test_fa_rule_draws_feedback_like_the_weights():
     layer = _layer(1, 0)
     _attach_fa(layer)
@@ -259,6 +280,37 @@ def test_convnet_fa_update_differs_from_bp_below_the_top():
         bp = torch.autograd.grad(loss, params)
     torch.testing.assert_close(fa[1], bp[1])  # the read-out's update is local
     assert not torch.allclose(fa[0], bp[0])  # conv1 hears the error through B
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa"])
+def test_relu_runs_after_the_pool_with_the_same_values_and_gradients_bitwise(rule):
+    """relu(max_pool(z)) = max_pool(relu(z)): the ConvNet pools first (a quarter of the values
+    for the ReLU), and its loss and every gradient are bitwise those of the order as named,
+    on batches with windows that hold no positive value (zero gradient) and windows that do."""
+    torch.manual_seed(6)
+    net = ConvNet((3, 12, 12), 4, [4, 6], 3, "relu", "none", 0.1, 0.5, None)
+    if rule == "fa":
+        attach_rule(net, make_rule("fa"), torch.Generator().manual_seed(2))
+    assert net.block_names == ["conv1", "pool1", "act1", "conv2", "pool2", "act2"]
+    as_named = [name for name, _ in net.named_children() if name != "fc"]
+    assert as_named == ["conv1", "act1", "pool1", "conv2", "act2", "pool2"]
+    x, y = torch.randn(8, 3, 12, 12), torch.randint(0, 4, (8,))
+    pooled = torch.nn.functional.max_pool2d(net.conv1(x), 2)
+    assert (pooled <= 0).any() and (pooled > 0).any()
+
+    def run(order: list[str]):
+        net.block_names = order
+        loss = net.loss_terms(net(x), x, y)["loss"]
+        return [loss, *torch.autograd.grad(loss, list(net.parameters()))]
+
+    for fast, named in zip(run(list(net.block_names)), run(as_named), strict=True):
+        assert torch.equal(fast, named)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "mixed_relu"])
+def test_other_activations_keep_the_order_as_named(activation):
+    net = ConvNet((1, 8, 8), 3, [2, 3], 3, activation, "standard", 0.1, 0.5, None)
+    assert net.block_names == [name for name, _ in net.named_children() if name != "fc"]
 
 
 def test_build_dispatches_to_convnet():

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dynalign.angles import angle, gram_angle
 from dynalign.reference import gram_is_cheaper
@@ -143,19 +144,25 @@ def test_blocked_sweep_edge_cases():
     assert (sums[2], sums[3]) == (1.0, 1.0)
 
 
-def _probe_step(rule: str, rows: int = 8, seed: int = 0):
-    """One real step of a small tanh MLP: the probe context, and the tensors to check it by."""
+CONV_INPUT = (3, 12, 12)
+
+
+def _probe_step(rule: str, rows: int = 8, seed: int = 0, conv: bool = False):
+    """One real step of a small tanh MLP (or, with ``conv``, of a ReLU ConvNet on 3x12x12
+    images): the probe context, and the tensors to check it by."""
     from dynalign.feedback import feedback_layers
     from dynalign.models import MLP
+    from dynalign.models.convnet import ConvNet
     from dynalign.probes import StepContext
     from dynalign.reference import backward, start_capture
     from dynalign.rules import attach_rule, make_rule
 
     torch.manual_seed(seed)
-    net = MLP(20, 4, depth=2, width=30, activation="tanh")
-    attach_rule(net, make_rule(rule), torch.Generator().manual_seed(seed), (20,))
+    shape = CONV_INPUT if conv else (20,)
+    net = ConvNet(shape, 4, [4, 6]) if conv else MLP(20, 4, depth=2, width=30, activation="tanh")
+    attach_rule(net, make_rule(rule), torch.Generator().manual_seed(seed), shape)
     layers = feedback_layers(net)
-    x, y = torch.randn(rows, 20), torch.randint(0, 4, (rows,))
+    x, y = torch.randn(rows, *shape), torch.randint(0, 4, (rows,))
     params = list(net.parameters())
     start_capture(list(layers.values()))
     out = net(x)
@@ -220,6 +227,81 @@ def test_activation_rms_is_the_rms_of_each_layers_output():
         h = torch.tanh(h) if i < len(layers) - 1 else h
     got = ActivationProbe(1).compute(ctx)["activation_rms"]
     assert list(got) == pytest.approx(expected, rel=1e-6)
+
+
+def _feedback_alignment_path(x, weight, feedback, op):
+    """op(x, W) forward, with the error reaching x through B and W's gradient local: FA's
+    backward pass by autograd alone, written independently of dynalign's layers."""
+    return op(x.detach(), weight) + op(x, feedback) - op(x, feedback).detach()
+
+
+def test_conv_probes_equal_a_plain_float64_convnet():
+    """A ConvNet's probes (its feature maps run channels-last on the CPU) against the same
+    net written in plain torch in float64, in the default layout: the update and delta angles
+    from FA's and BP's gradients and deltas formed by autograd, the activation scale, the
+    true gradient's norm."""
+    from dynalign.probes import ActivationProbe, AngleProbe
+
+    net, layers, x, y, ctx = _probe_step("fa", 5, seed=2, conv=True)
+    assert ctx.gradients.outputs[0].shape[1] == 4  # rows of channels: one per position
+    w = [m.weight.detach().double().requires_grad_() for m in layers.values()]
+    b = [m.bias.detach().double() for m in layers.values()]
+    fb = [m.feedback.double() for m in layers.values()]
+    conv = [lambda h, k, i=i: F.conv2d(h, k, b[i], padding=1) for i in (0, 1)]
+    linear = lambda h, k: F.linear(h, k, b[2])  # noqa: E731
+
+    def forward(feedback_alignment: bool):
+        h, outs = x.double(), []
+        for i, op in enumerate([*conv, linear]):
+            if i == 2:
+                h = h.flatten(1)
+            if feedback_alignment:
+                h = _feedback_alignment_path(h, w[i], fb[i], op)
+            else:
+                h = op(h, w[i])
+            h.retain_grad()
+            outs.append(h)
+            if i < 2:
+                h = F.max_pool2d(F.relu(h), 2)
+        return outs, F.cross_entropy(h, y)
+
+    grads, deltas, outs = {}, {}, None
+    for fa in (True, False):
+        outs, loss = forward(fa)
+        grads[fa] = torch.autograd.grad(loss, w, retain_graph=True)
+        loss.backward()
+        deltas[fa] = [o.grad for o in outs]
+
+    def degrees(a, b):
+        a, b = a.detach().reshape(-1), b.detach().reshape(-1)
+        return math.degrees(math.acos(min(1.0, float(a @ b / (a.norm() * b.norm())))))
+
+    angles = AngleProbe(1).compute(ctx)
+    rms = ActivationProbe(1).compute(ctx)["activation_rms"]
+    for i in range(3):
+        assert angles["update_angle"][i] == pytest.approx(
+            degrees(grads[True][i], grads[False][i]), abs=1e-3
+        )
+        assert angles["delta_angle"][i] == pytest.approx(
+            degrees(deltas[True][i], deltas[False][i]), abs=1e-3
+        )
+        assert angles["gradient_norm"][i] == pytest.approx(float(grads[False][i].norm()), rel=1e-5)
+        assert rms[i] == pytest.approx(float(outs[i].detach().square().mean().sqrt()), rel=1e-5)
+    assert 1 < angles["delta_angle"][0] < 179 and angles["delta_angle"][2] == 0.0
+
+
+def test_feature_maps_pair_by_position_whatever_their_layout():
+    """A channels-last map and the same map in the default layout give the same rows (one row
+    of channels per sample and position); the channels-last one is viewed, not copied."""
+    from dynalign.reference import _rows
+
+    maps = torch.randn(2, 3, 4, 5)
+    last = maps.contiguous(memory_format=torch.channels_last)
+    rows = _rows([maps])
+    assert rows.shape == (2 * 4 * 5, 3)
+    assert torch.equal(rows, _rows([last]))
+    assert torch.equal(rows[4 * 5 + 7], maps[1, :, 1, 2])  # sample 1, position (1, 2)
+    assert _rows([last]).data_ptr() == last.data_ptr()
 
 
 def test_dfa_has_no_feedback_angle_for_hidden_layers():

@@ -1,7 +1,8 @@
 """Convolutional network built from feedback layers: conv blocks, then a linear read-out.
 
 Block i is ``conv{i}`` (padding ``kernel_size // 2``) -> ``bn{i}`` (unless batch_norm is
-"none") -> ``act{i}`` -> ``pool{i}`` (2x2 max pool); the flattened features feed ``fc``.
+"none") -> ``act{i}`` -> ``pool{i}`` (2x2 max pool); the flattened features feed ``fc``. (A
+ReLU runs after the pool, which gives the same values and gradients: ``running_order``.)
 Probes record per feedback layer by module path, so the names ``conv1, conv2, ..., fc`` are
 part of the store's contract.
 """
@@ -67,6 +68,22 @@ def block_shapes(
     return shapes
 
 
+def running_order(names: list[str], activation: nn.Module) -> list[str]:
+    """A block's modules (``[conv, (bn,) act, pool]``) in the order its forward pass runs
+    them: as named, except that a ReLU runs after the max pool, where it and its backward pass
+    see a quarter of the values. The two commute exactly: relu(max_pool(z)) =
+    max_pool(relu(z)) in value and in gradient, since a ReLU keeps every positive value as it
+    is (a window's maximum and where it lies are the same either way) and a window with none
+    positive gives zero and a zero gradient either way. Mixed-ReLU's inhibitory units
+    (min(z, 0)) do not commute with a max; tanh and sigmoid are monotone but may round two
+    inputs of a window to one output, and the pool would then pick another position for the
+    gradient: they keep the order as named."""
+    if type(activation) is not nn.ReLU:
+        return names
+    *before, act, pool = names
+    return [*before, pool, act]
+
+
 class ConvNet(Network):
     reads = (
         "channels",
@@ -107,7 +124,7 @@ class ConvNet(Network):
             block[f"pool{i}"] = nn.MaxPool2d(2)
             for name, module in block.items():
                 self.add_module(name, module)
-                self.block_names.append(name)
+            self.block_names += running_order(list(block), block[f"act{i}"])
             in_channels = out_channels
         self.n_features = math.prod(shapes[-1])
         self.fc = Linear(self.n_features, n_outputs)
