@@ -1,13 +1,14 @@
 """2-D convolution as a feedback layer: the error goes down through B, the update stays local.
 
 The forward pass is an ordinary convolution with W. On the CPU it runs on channels-last
-activations (W itself keeps its layout): oneDNN's convolutions and torch's max pool are several
-times faster in that layout than in the default one, and a layer's output keeps its input's
-layout, so the whole ConvNet runs in it. In the backward pass the error reaching
-the input is the transposed convolution of the output error with B (``conv2d_input`` with B in
-place of W), while the weight gradient is the local correlation of the output error with the
-layer's own input, the same for every rule. With ``feedback is None`` (BP) or inside
-``exact_gradients()`` the error goes through W, which is the true gradient.
+activations (W itself keeps its layout): oneDNN's convolution of few input channels (an
+image's) and torch's max pool are several times faster in that layout than in the default one,
+and a layer's output keeps its input's layout, so the whole ConvNet runs in it. In the
+backward pass the error reaching the input is the transposed convolution of the output error
+with B (``conv2d_input`` with B in place of W), while the weight gradient is the local
+correlation of the output error with the layer's own input, the same for every rule. With
+``feedback is None`` (BP) or inside ``exact_gradients()`` the error goes through W, which is
+the true gradient.
 """
 
 from __future__ import annotations
