@@ -103,6 +103,13 @@ class Conv2d(FeedbackLayer):
         out = _Conv2dFn.apply(x, self.weight, self.bias, self._feedback_for(x), self)
         return self._capture(out)
 
+    @staticmethod
+    def as_rows(t: torch.Tensor) -> torch.Tensor:
+        """A feature map (N, C, H, W) as a row of C channels per sample and position, whatever
+        its memory layout: a channels-last map is viewed, not copied, and two maps of
+        different layouts still pair element by element."""
+        return t.movedim(1, -1).reshape(-1, t.shape[1])
+
     def extra_repr(self) -> str:
         rule = "feedback" if self.has_feedback() else "bp"
         return (

@@ -211,6 +211,12 @@ class FeedbackLayer(nn.Module):
                 self.captured_inputs.append(x)
         return out
 
+    @staticmethod
+    def as_rows(t: torch.Tensor) -> torch.Tensor:
+        """A captured tensor (N, ..., F) as a (rows, F) matrix: one row per sample (and time
+        step), F the layer's features."""
+        return t.reshape(-1, t.shape[-1])
+
     def release_captured(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Stop capturing and hand over what was captured (outputs, inputs)."""
         outs, ins = self.captured, self.captured_inputs

@@ -61,7 +61,9 @@ def backward(
     captured = [layer.release_captured() for layer in layers]
     counts = [len(outs) for outs, _ in captured]
     outs = [t for layer_outs, _ in captured for t in layer_outs]
-    inputs = [_rows(ins) if ins else None for _, ins in captured]
+    inputs = [
+        _rows(ins, layer) if ins else None for (_, ins), layer in zip(captured, layers, strict=True)
+    ]
     weights = [layer.weight for layer in layers]
     n = len(params)
     # the deltas are asked for only where a reference pass will be compared with them
@@ -72,8 +74,8 @@ def backward(
         p.grad = g
     result = Gradients(
         rule_grads=[w.grad for w in weights],
-        rule_deltas=_per_layer(grads[n:], counts) if reference else [],
-        outputs=_per_layer(outs, counts),
+        rule_deltas=_per_layer(grads[n:], counts, layers) if reference else [],
+        outputs=_per_layer(outs, counts, layers),
         inputs=inputs,
     )
     if not reference:
@@ -97,28 +99,21 @@ def backward(
             layer.exact_weight_grad = layer.exact_bias_grad = True
     given = iter(exact[: len(wanted)])
     result.bp_grads = [None if g else next(given) for g in gram]
-    result.bp_deltas = _per_layer(exact[len(wanted) :], counts)
+    result.bp_deltas = _per_layer(exact[len(wanted) :], counts, layers)
     return result
 
 
-def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack tensors (N, ..., F) into one (rows, F) matrix: one row per sample (and time step).
-
-    A feature map (N, C, H, W) gives a row of C channels per sample and position, whatever its
-    memory layout: a channels-last map (see ``dynalign.conv``) is then viewed, not copied, and
-    two maps of different layouts still pair element by element."""
-    rows = []
-    for t in tensors:
-        t = t.detach().movedim(1, -1) if t.dim() == 4 else t.detach()
-        rows.append(t.reshape(-1, t.shape[-1]))
+def _rows(tensors: list[torch.Tensor], layer: FeedbackLayer) -> torch.Tensor:
+    """Stack a layer's captured tensors into one (rows, features) matrix (``as_rows``)."""
+    rows = [layer.as_rows(t.detach()) for t in tensors]
     return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
-def _per_layer(grads, counts: list[int]) -> list[torch.Tensor]:
+def _per_layer(grads, counts: list[int], layers: list[FeedbackLayer]) -> list[torch.Tensor]:
     """Each layer's captured tensors as rows (several captures for a recurrent layer)."""
     out, i = [], 0
-    for c in counts:
+    for c, layer in zip(counts, layers, strict=True):
         parts = [g for g in grads[i : i + c] if g is not None]
-        out.append(_rows(parts) if parts else torch.zeros(1, 1))
+        out.append(_rows(parts, layer) if parts else torch.zeros(1, 1))
         i += c
     return out

@@ -293,15 +293,18 @@ def test_conv_probes_equal_a_plain_float64_convnet():
 def test_feature_maps_pair_by_position_whatever_their_layout():
     """A channels-last map and the same map in the default layout give the same rows (one row
     of channels per sample and position); the channels-last one is viewed, not copied."""
-    from dynalign.reference import _rows
+    from dynalign.conv import Conv2d
+    from dynalign.feedback import Linear
 
     maps = torch.randn(2, 3, 4, 5)
     last = maps.contiguous(memory_format=torch.channels_last)
-    rows = _rows([maps])
+    rows = Conv2d.as_rows(maps)
     assert rows.shape == (2 * 4 * 5, 3)
-    assert torch.equal(rows, _rows([last]))
+    assert torch.equal(rows, Conv2d.as_rows(last))
     assert torch.equal(rows[4 * 5 + 7], maps[1, :, 1, 2])  # sample 1, position (1, 2)
-    assert _rows([last]).data_ptr() == last.data_ptr()
+    assert Conv2d.as_rows(last).data_ptr() == last.data_ptr()
+    # a Linear layer's features are its last dimension, whatever the rank
+    assert torch.equal(Linear.as_rows(maps), maps.reshape(-1, 5))
 
 
 def test_dfa_has_no_feedback_angle_for_hidden_layers():
