@@ -48,11 +48,15 @@ BASE = (
     "probes.checkpoint_seconds=0",  # a checkpoint at every epoch's end
 )
 TOTAL_STEPS = 60
+#: BASE without the MLP's width, which a ConvNet does not read (and refuses)
+CONV_BASE = tuple(a for a in BASE if not a.startswith("model.width="))
+#: every configuration's whole assignments
 CONFIGS = {
-    "fa": (),
-    "fa-bn": ("model.batch_norm=standard",),
-    "dale": ("constraint.sign=synapse", "constraint.balance=true"),
+    "fa": BASE,
+    "fa-bn": (*BASE, "model.batch_norm=standard"),
+    "dale": (*BASE, "constraint.sign=synapse", "constraint.balance=true"),
     "rnn": (
+        *BASE,
         "model.kind=rnn",
         "data.name=text",
         "data.seq_len=16",
@@ -61,6 +65,7 @@ CONFIGS = {
         "train.grad_clip=5.0",
     ),
     "sae": (
+        *BASE,
         "model.kind=autoencoder",
         "data.name=patches",
         "model.code_size=16",
@@ -69,7 +74,9 @@ CONFIGS = {
         "train.optimizer=adam",
         "train.lr=0.02",
     ),
-    "fa-ckpt3": ("probes.checkpoint_every=3", "probes.snapshot_every=7"),
+    "fa-ckpt3": (*BASE, "probes.checkpoint_every=3", "probes.snapshot_every=7"),
+    # channels-last feature maps on the CPU, with the ReLU after the pool (dynalign.conv)
+    "conv": (*CONV_BASE, "model.kind=convnet", "model.channels=[4, 8]"),
 }
 #: for the disk-full runs: 8 narrow layers, so that the steps chunks outgrow a limit mid-run
 DEEP = (
@@ -221,7 +228,7 @@ def kill_record(store: Path, name: str, when, extra: float) -> tuple[object, flo
         if attempt:
             shutil.rmtree(store, ignore_errors=True)
             when, extra = "meta", extra / 4
-        writer = Writer.record(store, BASE + CONFIGS[name])
+        writer = Writer.record(store, CONFIGS[name])
         if writer.kill_at(when, extra):
             return when, extra, attempt
     raise AssertionError(f"{name}: three runs ended before their kill (seed {SEED})")
@@ -357,7 +364,7 @@ def reference(tmp_path_factory):
     def get(name: str, assignments=None) -> Path:
         if name not in done:
             path = tmp_path_factory.mktemp("reference") / f"{name}.zarr"
-            result = record(config_of(assignments or BASE + CONFIGS[name]), path, progress=False)
+            result = record(config_of(assignments or CONFIGS[name]), path, progress=False)
             assert result.status == "completed"
             done[name] = path
         return done[name]
@@ -434,7 +441,7 @@ def test_random_kills_and_repeated_resumes(case, tmp_path, reference):
         assert store.is_dir() and not any(store.iterdir()), context
         with pytest.raises(StoreError, match="is empty"):
             resume(store, progress=False)
-        result = record(config_of(BASE + CONFIGS[name]), store, overwrite=True, progress=False)
+        result = record(config_of(CONFIGS[name]), store, overwrite=True, progress=False)
         assert result.status == "completed"
         assert_same_run(store, ref)
         return
