@@ -37,6 +37,10 @@ _jit = {"cache": True, "nogil": True, "fastmath": {"reassoc"}}
 _U = np.uint32
 
 
+#: what a pass without sums returns (summing an empty array took longer than the pass of a bias)
+_NOTHING = np.empty(0)
+
+
 def blocks(n: int) -> int:
     """How many blocks cover ``n`` elements."""
     return -(-n // BLOCK)
@@ -58,7 +62,7 @@ def _run(kernels: tuple, n: int, width: int, threads: int, *arrays) -> np.ndarra
         numba.set_num_threads(threads)
         with numba.parallel_chunksize(4):  # a few blocks at a time, not one half per thread
             kernels[1](*arrays, partial)
-    return partial.sum(axis=0)
+    return partial.sum(axis=0) if width else _NOTHING
 
 
 def sweep(before: np.ndarray, after: np.ndarray, feedback: np.ndarray | None, threads: int):

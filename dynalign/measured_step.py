@@ -144,18 +144,19 @@ def _fits(optimizer, weight, feedback, group, renewal) -> bool:
         renewal.check(weight)
         if feedback is not None or not renewal.compiled(weight):
             return False
-    return (
-        weight.dtype in (torch.float32, torch.float64)
-        and all(
+    dtype, shape = weight.dtype, weight.shape
+    if dtype not in (torch.float32, torch.float64):
+        return False
+    for t in tensors:  # a loop, not all() over a generator: it runs for every tensor every step
+        if not (
             t.device.type == "cpu"
-            and t.dtype == weight.dtype
+            and t.dtype == dtype
             and t.layout == torch.strided
             and t.is_contiguous()
-            and t.shape == weight.shape
-            for t in tensors
-        )
-        and _agrees_with_torch(weight.dtype)
-    )
+            and t.shape == shape
+        ):
+            return False
+    return _agrees_with_torch(dtype)
 
 
 def _step(optimizer, weight, feedback, group, renewal, measure) -> WeightStep | None:
