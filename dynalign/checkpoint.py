@@ -12,12 +12,14 @@ store's background thread: training does not wait for the disk.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 import zarr
 
+from .chunk_write import write_chunk
 from .store import ARRAY_CONFIG, RunWriter, StoreError
 
 
@@ -99,8 +101,7 @@ def save(
         if not (name in fixed and f"{slot}/{name}" in writer.checkpoint_fixed)
     }
     writes = [
-        _target(writer, slot, name, value).setitem(..., value.reshape(value.shape or (1,)))
-        for name, value in due.items()
+        partial(_write, _target(writer, slot, name, value), value) for name, value in due.items()
     ]
     written = {f"{slot}/{name}" for name in due if name in fixed}
     info = {"slot": slot, "committed": lengths, "arrays": sorted(arrays), **counters}
@@ -119,7 +120,13 @@ def _copy(writer: RunWriter, name: str, value: np.ndarray) -> np.ndarray:
     return buffer
 
 
-def _target(writer: RunWriter, slot: str, name: str, value: np.ndarray) -> zarr.AsyncArray:
+def _write(array: zarr.Array, value: np.ndarray) -> None:
+    """``value`` as ``array``, its one chunk (nothing where it has no elements)."""
+    if value.size:
+        write_chunk(array, (0,) * array.ndim, value.reshape(array.shape))
+
+
+def _target(writer: RunWriter, slot: str, name: str, value: np.ndarray) -> zarr.Array:
     """The array of ``slot`` that takes ``value`` (reshaped to 1 element where it is 0-d),
     opened once per writer and created (again) where its shape or dtype differ."""
     key = f"{slot}/{name}"
@@ -128,7 +135,7 @@ def _target(writer: RunWriter, slot: str, name: str, value: np.ndarray) -> zarr.
     if array is None or array.shape != shape or array.dtype != value.dtype:
         array = _open(writer.root.require_group(f"checkpoint/{slot}"), name, shape, value)
         writer.checkpoint_arrays[key] = array
-    return array.async_array
+    return array
 
 
 def _open(group: zarr.Group, name: str, shape: tuple, value: np.ndarray) -> zarr.Array:

@@ -10,6 +10,7 @@ the disk does not have.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from zarr.storage import LocalStore
@@ -28,6 +29,22 @@ class DurableStore(LocalStore):
 
     async def set_if_not_exists(self, key, value) -> None:
         await super().set_if_not_exists(key, value)
+        self._written.add(key)
+
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        """``data`` as the file ``key``, now, written as ``set`` writes it: under a temporary
+        name (the one zarr gives its own, which a writer clearing up after a kill removes),
+        then renamed into place (``dynalign.chunk_write``)."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+        try:
+            with open(partial, "wb") as f:
+                f.write(data)
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         self._written.add(key)
 
     def sync(self) -> None:

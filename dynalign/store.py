@@ -36,6 +36,7 @@ import zarr
 from zarr.core.sync import sync
 
 from . import schema
+from .chunk_write import write_chunk
 from .durable import DurableStore
 from .schema import SCHEMA_VERSION, Variable
 from .writer_lock import LockHeld, WriterLock, describe_writer, writer_identity
@@ -132,10 +133,11 @@ class _Appender:
             return
         # every array first, the buffers moved on only after: a flush that fails half-way (a
         # full disk) keeps its rows, and the next flush writes them all again
-        write_all(
-            _append(arr.async_array, self.buffers[name], self.base, end)
-            for name, arr in self.arrays.items()
-        )
+        write_all(_grow(a.async_array, end) for a in self.arrays.values() if a.shape[0] < end)
+        for name, array in self.arrays.items():
+            write_chunk(
+                array, (self.base // self.chunk, *(0,) * (array.ndim - 1)), self.buffers[name]
+            )
         self.n = end
         if self.used == self.chunk:
             for buf in self.buffers.values():
@@ -151,14 +153,12 @@ class _Appender:
         )
 
 
-async def _append(array: zarr.AsyncArray, chunk: np.ndarray, start: int, end: int) -> None:
-    """The chunk of rows from ``start`` (a chunk's first row) into ``array``, whole, grown
-    first where it is shorter than ``end``: to a whole number of chunks, so that most flushes
-    rewrite no metadata (readers stop at the committed length, and ``close`` trims the rest)."""
-    if array.shape[0] < end:
-        size = array.chunks[0]
-        await array.resize((-(-end // size) * size, *array.shape[1:]))
-    await array.setitem(slice(start, start + len(chunk)), chunk)
+async def _grow(array: zarr.AsyncArray, end: int) -> None:
+    """``array`` grown to hold ``end`` rows: to a whole number of chunks, so that most
+    flushes rewrite no metadata (readers stop at the committed length, and ``close`` trims the
+    rest). Each flush writes the chunk of rows from a chunk's first row, whole."""
+    size = array.chunks[0]
+    await array.resize((-(-end // size) * size, *array.shape[1:]))
 
 
 def write_all(writes: Iterable[Coroutine]) -> None:
@@ -537,7 +537,8 @@ class RunWriter:
         return self._io
 
     def _flush_snapshots(self, fixed: dict[str, tuple[zarr.Array, np.ndarray]]) -> None:
-        write_all(a.async_array.setitem(slice(0, 1), v[None]) for a, v in fixed.values())
+        for array, value in fixed.values():
+            write_chunk(array, (0,) * array.ndim, value[None])
         for app in self.snapshots.values():
             app.flush()
         self._snapshots_done = next(iter(self.snapshots.values())).n if self.snapshots else 0
@@ -566,18 +567,19 @@ class RunWriter:
 
     def write_checkpoint(
         self,
-        writes: list[Coroutine],
+        writes: list[Callable[[], None]],
         lengths: dict[str, int],
         info: dict[str, Any],
         done: Callable[[], None],
     ) -> None:
-        """On the background thread, after any snapshot before it: run ``writes`` (a
-        checkpoint's arrays, from copies), then commit ``info`` with the rows ``lengths``
-        counts and call ``done()``. Training goes on meanwhile; a kill before the commit keeps
-        the previous checkpoint. Call ``finish_checkpoint`` before the next one."""
+        """On the background thread, after any snapshot before it: call ``writes`` (each
+        writes one of a checkpoint's arrays, from copies), then commit ``info`` with the rows
+        ``lengths`` counts and call ``done()``. Training goes on meanwhile; a kill before the
+        commit keeps the previous checkpoint. Call ``finish_checkpoint`` before the next one."""
 
         def write_and_commit() -> None:
-            write_all(writes)
+            for write in writes:
+                write()
             done()
             self._publish(lengths, checkpoint=info)
 

@@ -246,32 +246,18 @@ def test_a_flush_that_fails_half_way_keeps_its_rows(tmp_path):
     from dynalign.store import RunWriter
 
     writer = RunWriter(tmp_path / "f.zarr", {}, {"fc1": (2, 3)}, {}, (), probe_variables())
-
-    class FailsOnce:
-        """The array, whose first write of values fails (writes go through its async form)."""
-
-        def __init__(self, array):
-            self.array, self.failed = array, False
-
-        def __getattr__(self, name):
-            return getattr(self.array, name)
-
-        @property
-        def async_array(self):
-            return self
-
-        async def resize(self, shape):
-            await self.array.async_array.resize(shape)
-
-        async def setitem(self, key, value):
-            if not self.failed:
-                self.failed = True
-                raise OSError(28, "No space left on device")
-            await self.array.async_array.setitem(key, value)
-
     names = list(writer.steps.arrays)
     last = names[-1]  # written after the others: they succeed, this one fails
-    writer.steps.arrays[last] = FailsOnce(writer.steps.arrays[last])
+    put, failed = writer.store.put, []
+
+    def fails_once(key, data):
+        """The store's file writes, of which the first of ``last``'s chunks fails."""
+        if key.startswith(f"steps/{last}/c/") and not failed:
+            failed.append(key)
+            raise OSError(28, "No space left on device")
+        put(key, data)
+
+    writer.store.put = fails_once
     for step in (1, 2, 3):
         writer.append_step({"step": step, "epoch": 1, "loss": 0.5 * step})
     with pytest.raises(OSError):

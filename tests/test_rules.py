@@ -15,10 +15,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -789,11 +789,6 @@ def test_a_snapshot_in_flight_at_a_checkpoint_is_taken_again_on_resume(
     assert list(steps) == [0, 5, 10, 15, 20]
 
 
-async def _after(seconds: float, write):
-    await asyncio.sleep(seconds)
-    await write
-
-
 def test_training_goes_on_while_a_checkpoint_is_written(unbroken, tmp_path, monkeypatch):
     """The checkpoint of step 10 is written on the background thread (slowed down here) while
     steps 11-13 run; it holds step 10's state, copied when it was taken: killed in step 14,
@@ -806,7 +801,7 @@ def test_training_goes_on_while_a_checkpoint_is_written(unbroken, tmp_path, monk
             events.append(("written", info["step"]))
             done()
 
-        write_checkpoint(self, [_after(0.5, w) for w in writes], lengths, info, written)
+        write_checkpoint(self, [partial(time.sleep, 0.5), *writes], lengths, info, written)
 
     def logged(self, x, y):
         events.append(("step", self.step + 1))
@@ -832,13 +827,12 @@ def test_a_checkpoint_that_fails_in_the_background_fails_the_run_cleanly(tmp_pat
     the disk's error, the store is readable and keeps the step-10 checkpoint, and resumes."""
     write_checkpoint = RunWriter.write_checkpoint
 
-    async def full(write):
-        write.close()  # never started
+    def full():
         raise OSError(28, "No space left on device")
 
     def failing(self, writes, lengths, info, done):
         if info["step"] == 20:
-            writes = [full(w) for w in writes]
+            writes = [full]
         write_checkpoint(self, writes, lengths, info, done)
 
     monkeypatch.setattr(RunWriter, "write_checkpoint", failing)
