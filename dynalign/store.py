@@ -145,7 +145,7 @@ class _Appender:
             self.base, self.used = end, 0
 
     def trim(self) -> None:
-        """Cut the arrays, grown a chunk at a time, to the ``n`` rows written."""
+        """Cut the arrays, grown ahead of their rows (``_grow``), to the ``n`` rows written."""
         write_all(
             a.async_array.resize((self.n, *a.shape[1:]))
             for a in self.arrays.values()
@@ -154,11 +154,15 @@ class _Appender:
 
 
 async def _grow(array: zarr.AsyncArray, end: int) -> None:
-    """``array`` grown to hold ``end`` rows: to a whole number of chunks, so that most
-    flushes rewrite no metadata (readers stop at the committed length, and ``close`` trims the
-    rest). Each flush writes the chunk of rows from a chunk's first row, whole."""
+    """``array`` grown to hold ``end`` rows: to a whole number of chunks, and at least to twice
+    its length, so that few flushes rewrite its metadata (a snapshot array, a row a chunk,
+    would otherwise rewrite it with every snapshot: zarr's Python, holding the GIL on the
+    writer's thread, slows the training step running beside it). Readers stop at the committed
+    length, and ``close`` trims the rest. Each flush writes the chunk of rows from a chunk's
+    first row, whole."""
     size = array.chunks[0]
-    await array.resize((-(-end // size) * size, *array.shape[1:]))
+    rows = max(-(-end // size) * size, 2 * array.shape[0])
+    await array.resize((rows, *array.shape[1:]))
 
 
 def write_all(writes: Iterable[Coroutine]) -> None:

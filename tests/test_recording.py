@@ -425,3 +425,36 @@ def test_a_fixed_feedback_is_written_with_the_first_snapshot_and_once(tmp_path):
     np.testing.assert_array_equal(ds.weight.values, [w, 2 * w])
     assert zarr.open_group(str(path), mode="r")["snapshots/fc1/feedback"].shape == (1, 2, 3)
     assert check_store(path, decode=True) == []
+
+
+def test_snapshot_arrays_grow_ahead_of_their_rows_and_are_trimmed_at_close(tmp_path):
+    """A snapshot array (a row a chunk) doubles its length when full instead of growing by
+    a row per snapshot: its metadata is written a few times, not with every snapshot. A store
+    read before ``close`` shows the committed rows alone; ``close`` cuts the rest."""
+    from dynalign.reader import check_store
+    from dynalign.store import RunWriter
+
+    path = tmp_path / "grow.zarr"
+    writer = RunWriter(path, {}, {"fc1": (2, 3)}, {}, (), probe_variables())
+    metadata = "snapshots/fc1/weight/zarr.json"
+    writes = []
+    set_ = writer.store.set
+
+    async def counted(key, value):
+        writes.append(key)
+        await set_(key, value)
+
+    writer.store.set = counted
+    for i in range(20):
+        writer.snapshot(i, {"fc1": np.full((2, 3), i, np.float32)})
+    writer.wait_for_writes()
+    writer.commit()
+    assert writes.count(metadata) == 6  # lengths 1, 2, 4, 8, 16, 32
+    assert zarr.open_group(str(path), mode="r")["snapshots/fc1/weight"].shape == (32, 2, 3)
+    assert open_run(path)["snapshots/fc1"].ds.sizes["snapshot"] == 20
+    assert check_store(path, decode=True) == []
+    writer.close("completed")
+    ds = open_run(path)["snapshots/fc1"].ds
+    assert list(ds.snapshot_step.values) == list(range(20))
+    np.testing.assert_array_equal(ds.weight.values[:, 0, 0], np.arange(20, dtype=np.float32))
+    assert zarr.open_group(str(path), mode="r")["snapshots/fc1/weight"].shape == (20, 2, 3)
