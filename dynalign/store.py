@@ -133,7 +133,9 @@ class _Appender:
             return
         # every array first, the buffers moved on only after: a flush that fails half-way (a
         # full disk) keeps its rows, and the next flush writes them all again
-        write_all(_grow(a.async_array, end) for a in self.arrays.values() if a.shape[0] < end)
+        short = [a for a in self.arrays.values() if a.shape[0] < end]
+        if short:  # even with nothing to run, a call into zarr's event loop waits for its thread
+            write_all(_grow(a.async_array, end) for a in short)
         for name, array in self.arrays.items():
             write_chunk(
                 array, (self.base // self.chunk, *(0,) * (array.ndim - 1)), self.buffers[name]
