@@ -10,7 +10,9 @@ after another never disagree. Commits happen at every epoch's end and at least e
 on a background thread, one after another in the order they were taken: a snapshot counts as
 committed only once every layer's copy is on disk, and a checkpoint is committed (with the rows
 it belongs to) only once its arrays are on disk. A B that the rule never changes is written once,
-with the first snapshot (``schema.FIXED``).
+with the first snapshot (``schema.FIXED``). Chunks are written whole by ``dynalign.chunk_write``
+(the files zarr writes, without the Python of its asyncio pipeline); arrays grow ahead of their
+rows, and zarr itself writes only the metadata.
 
 One writer per store: the writer holds an OS lock on the store's directory for its whole life
 (``dynalign.writer_lock``), and ``--overwrite`` clears only a dynalign store that no live writer
