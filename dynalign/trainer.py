@@ -158,7 +158,8 @@ class Trainer:
         if capture:  # sets every parameter's .grad: no zero_grad needed (cold, it took 170 µs)
             gradients = reference.backward(loss, self.params, layers, "reference" in needs)
         else:
-            self.optimizer.zero_grad(set_to_none=True)
+            for p in self.params:  # zero_grad(set_to_none=True), less its wrappers' 0.1 ms
+                p.grad = None
             loss.backward()
         weights = [layer.weight for layer in layers]
         if self.config.train.grad_clip:

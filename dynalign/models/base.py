@@ -70,8 +70,8 @@ class Network(nn.Module):
         count, scored = self.correct_count(out, y)
         return int(count), scored
 
-    @torch.no_grad()
     def correct_count(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``correct`` with the count left on the device (a 0-d tensor): a training step
-        brings it to the host together with the loss, in one transfer."""
+        brings it to the host together with the loss, in one transfer. (An argmax has no
+        gradient: no ``no_grad`` needed, whose decorator cost a step some 10 µs.)"""
         return (out.argmax(-1) == y).sum(), y.numel()

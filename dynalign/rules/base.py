@@ -54,15 +54,16 @@ class Rule:
         calls ``after_step`` only where there are none."""
         return None
 
-    @torch.no_grad()
     def after_step(
         self, layers: dict[str, FeedbackLayer], optimizer: torch.optim.Optimizer
     ) -> None:
         """Update B once the optimiser (and any sign constraint) has changed W: here, by
-        writing the renewals, if the rule has any."""
+        writing the renewals, if the rule has any. (No ``no_grad`` decorator: on FA's and BP's
+        every step it would cost more than the nothing done here.)"""
         renewals = self.renewals(layers, optimizer)
         if renewals is not None:
-            renew(renewals, (layer.weight for layer in layers.values()))
+            with torch.no_grad():
+                renew(renewals, (layer.weight for layer in layers.values()))
 
     def feedback_is_fixed(self) -> bool:
         """B never changes during training: only ``after_step`` and ``renewals`` change it
