@@ -11,7 +11,10 @@ step's time less every timed piece: the trainer's and recorder's own Python (the
 step context, the loops over probes and layers). The sum of the medians need not equal the
 median of the sums; over 7 rounds they differ by a few hundredths of a millisecond.
 
-    python benchmarks/probe_breakdown.py [--steps 100] [--rounds 7] [--threads 1]
+    python benchmarks/probe_breakdown.py [--steps 100] [--rounds 7] [--threads 1] [--inputs 3072]
+
+``--inputs 64`` gives the net of the ``fc3-fa`` preset on the 8x8 digits (what
+``record_end_to_end.py`` runs), where a step is small and its fixed costs weigh more.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import step_time
 import torch
 from step_time import (
     BATCH,
-    N_IN,
     batches_of,
     dynalign_stepper,
     plain_mlp,
@@ -112,7 +115,7 @@ PROBE_PIECES = {
     "AngleProbe": "probe: update, delta and feedback angles",
     "gram": "  Gram products x·xᵀ",
     "gram_products": "  products with the Gram matrix, float64 dots",
-    "full": "  angles of full gradients (the output layer)",
+    "full": "  angles of formed gradients (where the Gram form costs more)",
     "delta": "  delta angles",
     "WeightChangeProbe": "probe: weight change (norms, sign flips, zeros)",
     "ConstraintProbe": "probe: sign constraint counts",
@@ -175,9 +178,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--inputs", type=int, default=step_time.N_IN, help="input features")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = synthetic(BATCH * 10, N_IN)
+    step_time.N_IN = args.inputs  # both nets are built from it (plain_mlp reads it)
+    data = synthetic(BATCH * 10, args.inputs)
     batches = batches_of(data)
     store = Path(tempfile.mkdtemp(prefix="dynalign-breakdown-")) / "d.zarr"
     variants = {"plain": plain_stepper(data), "probe": instrumented_probe_stepper(data, store)}
@@ -198,7 +203,7 @@ def main() -> None:
                 pieces[name][piece].append(ms)
     med = {name: statistics.median(values) for name, values in totals.items()}
     print(
-        f"where a probe step's time goes: 3x512 MLP, {N_IN}-d inputs, batch {BATCH}, "
+        f"where a probe step's time goes: 3x512 MLP, {args.inputs}-d inputs, batch {BATCH}, "
         f"{torch.get_num_threads()} thread(s), {args.rounds} interleaved rounds x {args.steps} "
         "steps; medians over rounds, ms per step"
     )
