@@ -8,8 +8,9 @@ library's code is not changed; a wrapper costs well under a microsecond a call).
 rounds of 100 steps; each figure is the median over rounds of the milliseconds a step spends
 in that piece. Indented pieces are parts of the piece above them. "Between the pieces" is the
 step's time less every timed piece: the trainer's and recorder's own Python (the row, the
-step context, the loops over probes and layers). The sum of the medians need not equal the
-median of the sums; over 7 rounds they differ by a few hundredths of a millisecond.
+step context, the loops over probes and layers); being the median step less the sum of the
+pieces' medians, it also carries their difference, a tenth of a millisecond or two where
+rounds vary.
 
     python benchmarks/probe_breakdown.py [--steps 100] [--rounds 7] [--threads 1] [--inputs 3072]
 
@@ -182,9 +183,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     step_time.N_IN = args.inputs  # both nets are built from it (plain_mlp reads it)
+    with tempfile.TemporaryDirectory(prefix="dynalign-breakdown-") as folder:
+        breakdown(args, Path(folder) / "d.zarr")
+
+
+def breakdown(args: argparse.Namespace, store: Path) -> None:
+    """Time both steps in interleaved rounds and print each piece; ``store`` is (d)'s."""
     data = synthetic(BATCH * 10, args.inputs)
     batches = batches_of(data)
-    store = Path(tempfile.mkdtemp(prefix="dynalign-breakdown-")) / "d.zarr"
     variants = {"plain": plain_stepper(data), "probe": instrumented_probe_stepper(data, store)}
     # warm-up: first calls allocate and pick kernels, and the first checkpoint into each of
     # the store's two slots creates its arrays (about 0.1 s, once a run): not a step's cost

@@ -234,9 +234,15 @@ def batches_of(data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> None:
+    """Every variant timed (see the module's docstring); the stores the recording variants
+    write (some 300 MB) go with their temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="dynalign-bench-", ignore_cleanup_errors=True) as tmp:
+        time_variants(steps, rounds, rules, conv, Path(tmp))
+
+
+def time_variants(steps: int, rounds: int, rules: bool, conv: bool, tmp: Path) -> None:
     data = synthetic(BATCH * 10, N_IN)
     batches = batches_of(data)
-    tmp = Path(tempfile.mkdtemp(prefix="dynalign-bench-"))
     variants = {PLAIN: plain_torch_stepper(data)}
     variants["(b) dynalign BP, no probes"] = dynalign_stepper(data, "bp", 0, None)[0]
     variants["(c) dynalign FA, no probes"] = dynalign_stepper(data, "fa", 0, None)[0]
@@ -321,6 +327,9 @@ def timing(steps: int, rounds: int, rules: bool = True, conv: bool = True) -> No
     for name, values in times.items():
         med = statistics.median(values)
         print(f"  one {name:<46} {med * 1e3:8.2f} ms  (median of {rounds})")
+    for step in variants.values():  # the stores are removed next: their writes end first
+        if hasattr(step, "settle"):
+            step.settle()
 
 
 MEMORY_CHILD = """
@@ -346,7 +355,6 @@ except (OSError, IndexError):
 def memory(counts=(2000, 20000)) -> None:
     here = str(Path(__file__).resolve().parent)
     code = MEMORY_CHILD.format(here=here)
-    tmp = Path(tempfile.mkdtemp(prefix="dynalign-mem-"))
     print(
         "peak memory (peak resident set of a fresh process), FA 3x64 MLP on 64-d inputs "
         "(small, so that 20,000 steps take a minute or two), every probe every step, "
@@ -355,12 +363,13 @@ def memory(counts=(2000, 20000)) -> None:
     peaks = {}
     for n in counts:
         start = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-c", code, str(n), str(tmp / f"m{n}.zarr")],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        with tempfile.TemporaryDirectory(prefix="dynalign-mem-") as tmp:
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(n), str(Path(tmp) / f"m{n}.zarr")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         peaks[n] = int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB on Linux
         print(f"  {n:>6} steps: {peaks[n]:8.1f} MiB   ({time.perf_counter() - start:.0f} s)")
     a, b = counts
