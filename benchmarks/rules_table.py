@@ -64,11 +64,12 @@ def cell(values: np.ndarray, scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
 
 
-def table(out: str) -> str:
+def table(out: str, label: str = "rule") -> str:
+    """The study's arms (``label`` heads their column) as rows of a Markdown table."""
     study = open_study(out, dims="arm")
     epochs, steps = study["epochs"].ds, study["steps"].ds
     layers = [str(n) for n in steps.layer.values][:-1]  # hidden layers: all but the read-out
-    head = ["rule", "n", "best val acc %", *[f"{n} angle °" for n in layers]]
+    head = [label, "n", "best val acc %", *[f"{n} angle °" for n in layers]]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in study["epochs"].ds.arm.values:
         best = epochs.val_accuracy.sel(arm=arm).max("epoch").values

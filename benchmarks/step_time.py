@@ -12,10 +12,11 @@ A 3x512 ReLU MLP on 3072-dimensional inputs (CIFAR-10 sized), batch 100, SGD wit
       control) without probes: what the rule itself costs (target <= 1.15 each); KP, which
       needs a weight decay, against
   (a, decay) plain torch with the same weight decay
-  (w) the weight mirror at 8 and 16 noise samples instead of 32 (no target: it shows the
-      trade-off: the mirror's two products per layer cost 4·samples·P flops for P weights,
-      training's forward and backward passes 6·batch·P, so 32 samples at batch 100 are 21%
-      of a step's arithmetic)
+  (w) the weight mirror at 8 and 16 noise samples instead of 32, and mirroring after every
+      4th step only (no targets: they show the trade-off: the mirror's two products per layer
+      cost 4·samples·P flops for P weights, training's forward and backward passes
+      6·batch·P, so 32 samples at batch 100 are 21% of a step's arithmetic; what each costs
+      in alignment is ``benchmarks/mirror_table.py``'s)
 and for the default ConvNet (3x3 conv 16 and 32 channels, each with ReLU and 2x2 max pool, a
 linear read-out) on 3x32x32 images, batch 100, as ratios to its own plain-torch twin:
   (conv a) plain torch.nn.Conv2d/Linear, backprop, images in torch's default layout as a
@@ -80,6 +81,8 @@ IMAGE, CHANNELS = (3, 32, 32), (16, 32)
 KP_DECAY = 1e-4  # Kolen-Pollack needs a weight decay; its row is measured against (a, decay)
 #: the weight mirror at fewer noise samples than its default 32 (rows without a target)
 MIRROR_SAMPLES = (8, 16)
+#: ... and mirroring after every k-th step only (32 samples; rows without a target)
+MIRROR_EVERY = (4,)
 
 
 def synthetic(n: int, n_in: int | tuple[int, ...], seed: int = 0) -> Dataset:
@@ -264,6 +267,10 @@ def time_variants(steps: int, rounds: int, rules: bool, conv: bool, tmp: Path) -
         for samples in MIRROR_SAMPLES:  # the weight mirror's cost is its noise samples'
             variants[f"(w) wm with {samples} noise samples"] = dynalign_stepper(
                 data, "wm", 0, None, extra={"rule.mirror_samples": samples}
+            )[0]
+        for every in MIRROR_EVERY:  # ... and how often it mirrors
+            variants[f"(w) wm mirroring after every {every}th step"] = dynalign_stepper(
+                data, "wm", 0, None, extra={"rule.mirror_every": every}
             )[0]
     inputs = {name: batches for name in variants}
     if conv:

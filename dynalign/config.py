@@ -49,6 +49,7 @@ class RuleConfig:
     scale: float = 1.0  # random feedback: width of B relative to the forward init
     mirror_lr: float = 0.01  # wm: learning rate (and decay) of B's noise-driven update
     mirror_samples: int = 32  # wm: noise samples per layer and step
+    mirror_every: int = 1  # wm: mirror after every k-th optimiser step (1: after every step)
 
 
 @dataclass
@@ -146,6 +147,7 @@ POSITIVE = {
     "probes.n_probe_inputs",
     "rule.mirror_lr",
     "rule.mirror_samples",
+    "rule.mirror_every",
     "probes.snapshot_budget",
 }
 NON_NEGATIVE = {

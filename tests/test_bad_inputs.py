@@ -166,6 +166,8 @@ CASES = [
     Case("threads-absurd", [*R, *_s("train.threads=100000")], "CPU cores", "lower train.threads"),
     Case("probes-negative", [*R, *_s("probes.every=-1")], "probes.every=-1", "give 0 or more"),
     Case("probe-inputs-zero", [*R, *_s("n_probe_inputs=0")], "must be greater than 0", "give"),
+    Case("mirror-every-zero", [*R, *_s("rule.mirror_every=0")], "mirror_every=0", "give"),
+    Case("mirror-every-fraction", [*R, *_s("mirror_every=2.5")], "not a valid int", "e.g."),
     Case("snapshot-text", [*R, *_s("snapshot_every=often")], "not a valid int", "give"),
     # -- sizes that cannot fit in memory, refused before allocating
     Case("width-absurd", [*R, *_s("model.width=100000000")], "GiB", "lower model.width"),

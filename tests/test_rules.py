@@ -537,6 +537,44 @@ def test_weight_mirror_learns_a_fixed_w(make, float64):
     assert 0.9 < ratio < 1.2  # B takes W's size too
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: Linear(6, 4), lambda: Conv2d(2, 3, 2)], ids=["linear", "conv"]
+)
+def test_weight_mirror_every_k_mirrors_after_steps_k_2k_by_the_closed_form(make, float64):
+    """rule.mirror_every=3: B stays bitwise as it is after steps 1, 2, 4, 5, 7 and takes
+    B ← (1 − η)B + (η/n)·(W ξᵀ)ξ after steps 3 and 6, ξ the noise generator's next n
+    samples (drawn on mirror steps only), computed here in float64 from W as it then is."""
+    torch.manual_seed(0)
+    layer = make()
+    rule, layers = _mirror(layer, mirror_every=3)
+    lr, n = rule.config.mirror_lr, rule.config.mirror_samples
+    noise = torch.Generator().manual_seed(rule.seed + 3)  # the rule's own seeding
+    for step in range(1, 8):
+        with torch.no_grad():
+            layer.weight.add_(0.01 * torch.randn_like(layer.weight))  # W moves every step
+        w = layer.weight.detach().clone().reshape(layer.weight.shape[0], -1)
+        before = layer.feedback.detach().clone().reshape(w.shape)
+        rule.after_step(layers, None)
+        after = layer.feedback.detach().reshape(w.shape)
+        if step % 3:
+            assert torch.equal(after, before), step
+            continue
+        xi = torch.randn((n, w.shape[1]), generator=noise, dtype=torch.float64)
+        expected = (1 - lr) * before + (lr / n) * (w @ xi.T) @ xi
+        torch.testing.assert_close(after, expected, rtol=1e-12, atol=1e-14)
+        assert not torch.equal(after, before)
+    assert int(layer.mirror_steps) == 7
+
+
+def test_weight_mirror_every_step_keeps_no_counter():
+    """The default (every step, as Akrout et al.) adds nothing to the model's state, so its
+    stores and checkpoints are those of the rule before ``mirror_every`` existed."""
+    _, layers = _mirror(Linear(6, 4))
+    assert all("mirror_steps" not in dict(m.named_buffers()) for m in layers.values())
+    _, layers = _mirror(Linear(6, 4), mirror_every=2)
+    assert all("mirror_steps" in dict(m.named_buffers()) for m in layers.values())
+
+
 def test_frozen_leaves_hidden_layers_bitwise_alone(tmp_path):
     """Weight decay and momentum included: only the read-out's parameters move."""
     overrides = {
@@ -634,8 +672,15 @@ RESUME = {
 STOP_AT = 14  # mid-way through the second epoch, 4 steps after its checkpoint
 
 
+#: the weight mirror after every 3rd step: its step counter must come back with a resume (it
+#: mirrors after steps 3, 6, 9, 12: a counter restarted at the checkpoint would shift them)
+WM_EVERY_3 = "wm-every-3"
+
+
 def _resume_config(rule: str):
     extra = {"train.weight_decay": 0.01} if rule == "kp" else {}
+    if rule == WM_EVERY_3:
+        rule, extra = "wm", {"rule.mirror_every": 3}
     return _config(rule, **RESUME, **extra)
 
 
@@ -668,7 +713,7 @@ def _kill_in_step(monkeypatch, step: int) -> None:
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
-@pytest.mark.parametrize("rule", ["brsf", "frsf", "kp", "wm"])
+@pytest.mark.parametrize("rule", ["brsf", "frsf", "kp", "wm", WM_EVERY_3])
 def test_resume_equals_the_unbroken_run(rule, how, unbroken, tmp_path, monkeypatch):
     """``stop``: asked to stop after step 14, the run checkpoints there; ``kill``: interrupted
     inside step 14, it goes back to its checkpoint at step 10 and draws again from the rule's
